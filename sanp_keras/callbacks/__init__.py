@@ -1,0 +1,3 @@
+"""Keras callbacks of sanp_keras."""
+
+from sanp_keras.callbacks.budget import BudgetCallback as BudgetCallback

@@ -1,0 +1,177 @@
+"""BudgetCallback: the lambda controller that holds a gated model to a MACs budget."""
+
+import collections
+
+import keras
+import numpy as np
+
+from sanp_keras import flops
+from sanp_keras.layers import _checks
+
+WEIGHTINGS = ("macs", "uniform")
+
+
+class BudgetCallback(keras.callbacks.Callback):
+    """Adjusts the weight of the cost loss so that the mean cost meets a budget.
+
+    Paper eq. 9-10 (METHOD.md section 4). Every SPMConv2D in `"sanp"` or `"static"`
+    mode adds `cost_weight * sum_c mean_i sigmoid(g[i, c])` to the model's losses; this
+    callback sets those weights to `lambda * w_l` after every batch, with
+
+        C_hat  = mean of the last `window` cost estimates, each computed from the
+                 decisions the gates would take at inference on the batch
+        e      = (C_hat - B) / C                  B: budget, C: dense cost
+        I      = clip(I + integral_gain * e, -1, 1)
+        lambda = alpha * clip(e + I, -1, 1)       in [-alpha, alpha], as in the paper
+
+    `integral_gain=0` gives the paper's linear controller exactly. A proportional
+    controller settles where lambda balances the classification loss, which is a
+    non-zero gap; the integral term removes that gap so the trained model lands on
+    the budget.
+
+    `weighting="macs"` (default) gives layer l the weight `w_l = share_l / C_out_l`,
+    where `share_l` is its fraction of the dense MACs, so that the cost loss is a soft
+    estimate of the cost ratio and closing a channel of an expensive layer is worth
+    more. `weighting="uniform"` is the paper's `1 / N` for all N gated filters (the
+    paper's extra `1 / L` is folded into `alpha`).
+
+    `lambda` and `flops_ratio` (C_hat / C) are written into `logs` at each batch and
+    epoch end, so History, CSVLogger and TensorBoard record them: place this callback
+    before those in the `callbacks` list. Lambda lives in the layers' `cost_weight`
+    variables, so it is saved with the model and restored when training resumes.
+
+    Hand-written training loops call `set_model(model)` and `on_train_begin()` once,
+    add `sum(model.losses)` to the loss, and call `on_train_batch_end(step)` after each
+    optimizer step.
+
+    Args:
+        budget: target mean cost as a fraction of the dense cost, in (0, 1].
+        budget_mmacs: target mean cost in millions of MACs (the paper's MFLOPs);
+            give exactly one of `budget` and `budget_mmacs`.
+        alpha: bound and gain of lambda.
+        integral_gain: gain of the integral term (0: the paper's controller).
+        window: number of batch estimates averaged into C_hat.
+        weighting: `"macs"` or `"uniform"`, see above.
+        include_bias: count the paper's "+1" per output (see `sanp_keras.flops`).
+
+    Example:
+
+    >>> model = sanp_keras.models.create_model("resnet20")
+    >>> model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(True))
+    >>> model.fit(ds, epochs=10, callbacks=[sanp_keras.BudgetCallback(budget=0.5)])
+    """
+
+    def __init__(
+        self,
+        budget=None,
+        budget_mmacs=None,
+        alpha=2.0,
+        integral_gain=0.002,
+        window=5,
+        weighting="macs",
+        include_bias=False,
+    ):
+        super().__init__()
+        if (budget is None) == (budget_mmacs is None):
+            raise ValueError(
+                "Give exactly one of `budget` (a fraction of the dense cost) and "
+                f"`budget_mmacs`. Received: budget={budget!r}, budget_mmacs={budget_mmacs!r}"
+            )
+        if budget is not None:
+            budget = _checks.check_float_in("budget", budget, 0.0, 1.0)
+        else:
+            budget_mmacs = _checks.check_float_in(
+                "budget_mmacs", budget_mmacs, 0.0, float("inf"), high_open=True
+            )
+        if weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"Invalid value for argument `weighting`. Expected one of {WEIGHTINGS}. "
+                f"Received: weighting={weighting!r}"
+            )
+        self.budget = budget
+        self.budget_mmacs = budget_mmacs
+        self.alpha = _checks.check_float_in("alpha", alpha, 0.0, float("inf"), high_open=True)
+        self.integral_gain = _checks.check_float_in(
+            "integral_gain", integral_gain, 0.0, float("inf"), low_open=False, high_open=True
+        )
+        self.window = _checks.check_int_at_least("window", window, 1)
+        self.weighting = weighting
+        self.include_bias = include_bias
+        self.lambda_ = 0.0
+        self.integral = 0.0
+        self.flops_ratio = None
+        self._estimates = collections.deque(maxlen=self.window)
+        self._nodes = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        self._nodes = None
+
+    def _setup(self):
+        model = self.model
+        self._nodes = flops.trace(model)
+        self._gated = [g for g in flops.gated_layers(model) if g.mode != "dense"]
+        self._controlled = [g for g in self._gated if g.gates_cost]
+        if not self._gated:
+            raise ValueError(
+                f"BudgetCallback: model '{model.name}' has no gated layer (SPMConv2D "
+                "with mode other than 'dense'). Convert it first: "
+                "sanp_keras.convert(model)."
+            )
+        self.dense_macs = float(sum(n.dense_macs(self.include_bias) for n in self._nodes))
+        if self.budget is not None:
+            self.budget_macs = self.budget * self.dense_macs
+        else:
+            self.budget_macs = self.budget_mmacs * 1e6
+            if self.budget_macs > self.dense_macs:
+                raise ValueError(
+                    "Invalid value for argument `budget_mmacs`: above the dense cost "
+                    f"of model '{model.name}' ({self.dense_macs / 1e6:.1f} M). "
+                    f"Received: budget_mmacs={self.budget_mmacs}"
+                )
+        layer_macs = {n.name: n.dense_macs(self.include_bias) for n in self._nodes}
+        total_filters = sum(g.filters for g in self._controlled)
+        self._weights = {}
+        for g in self._controlled:
+            if self.weighting == "macs":
+                self._weights[g.name] = layer_macs[g.name] / self.dense_macs / g.filters
+            else:
+                self._weights[g.name] = 1.0 / total_filters
+        # Resume: the layers carry lambda * w from the last run.
+        if self._controlled:
+            first = self._controlled[0]
+            self.lambda_ = float(first.cost_weight.numpy()) / self._weights[first.name]
+            self.integral = float(np.clip(self.lambda_ / self.alpha, -1.0, 1.0))
+
+    def on_train_begin(self, logs=None):
+        self._setup()
+        self._assign()
+
+    def _assign(self):
+        for g in self._controlled:
+            g.cost_weight.assign(self.lambda_ * self._weights[g.name])
+
+    def estimate_macs(self):
+        """Mean MACs per sample estimated from the gates' last training batch."""
+        rates = {g.name: g.active_rate.numpy() for g in self._gated}
+        return flops.expected_macs(self._nodes, rates, self.include_bias)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._nodes is None:
+            self._setup()
+        self._estimates.append(self.estimate_macs())
+        c_hat = float(np.mean(self._estimates))
+        gap = (c_hat - self.budget_macs) / self.dense_macs
+        self.integral = float(np.clip(self.integral + self.integral_gain * gap, -1, 1))
+        self.lambda_ = self.alpha * float(np.clip(gap + self.integral, -1.0, 1.0))
+        self.flops_ratio = c_hat / self.dense_macs
+        self._assign()
+        self._write(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._write(logs)
+
+    def _write(self, logs):
+        if logs is not None and self.flops_ratio is not None:
+            logs["lambda"] = self.lambda_
+            logs["flops_ratio"] = self.flops_ratio

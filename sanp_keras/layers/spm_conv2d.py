@@ -1,0 +1,274 @@
+"""SPMConv2D: a convolution with its Saliency-and-Pruning Module (SANP eq. 3-4)."""
+
+import keras
+from keras import ops
+
+from sanp_keras.layers import _checks
+from sanp_keras.layers.saliency_gate import SaliencyGate
+
+
+@keras.saving.register_keras_serializable(package="sanp_keras")
+class SPMConv2D(keras.layers.Layer):
+    """Convolution + batch norm + saliency rescaling + channel gate.
+
+    For output channel `c` of sample `i` (paper eq. 3-4):
+
+        y[i, ..., c] = b[i, c] * sigmoid(g[i, c]) * BN(W[c] * x[i])    then `activation`
+
+    where `g` and `b` are the saliency scores and decisions of a `SaliencyGate` fed with
+    the layer's *input* `x`, so the decision is known before the convolution runs. The
+    rescaling factor `sigmoid(g)` is bounded and non-negative (it never flips a
+    feature's sign) and keeps a gradient for closed channels. In inference a closed
+    channel is exactly zero. In `mode="dense"` no gate runs and
+    `y = activation(BN(W * x))`, the plain layer.
+
+    Budget control (see `sanp_keras.BudgetCallback`) goes through two non-trainable
+    variables this layer owns:
+    - `cost_weight`: set by the callback; in training the layer adds
+      `cost_weight * sum_c mean_i sigmoid(g[i, c])` to the model's losses (paper eq. 9,
+      with a straight-through gradient, see `_soft_activity`);
+    - `active_rate`: in training, the fraction of the batch for which each channel
+      would be open at inference, read by the callback to estimate the cost.
+
+    Args:
+        filters, kernel_size, strides, padding, use_bias, kernel_initializer,
+        bias_initializer, kernel_regularizer, bias_regularizer, kernel_constraint,
+        bias_constraint: as in `keras.layers.Conv2D`. `data_format` must be
+            `"channels_last"`; `dilation_rate` and `groups` must be 1.
+        activation: applied after gating (zero-preserving ones keep closed channels
+            zero, which is what lets the next layer skip them).
+        use_batch_norm: whether a BatchNormalization follows the convolution.
+        bn_momentum, bn_epsilon, bn_center, bn_scale: its arguments.
+        mode, reduction, min_hidden, keep_ratio, noise_stddev, discrete_fraction,
+        gate_bias_init, seed: the gate's arguments (see `SaliencyGate`).
+
+    Input shape:
+        4D tensor `(batch, height, width, in_channels)`.
+
+    Output shape:
+        4D tensor `(batch, new_height, new_width, filters)`; with
+        `return_decisions=True` in `call`, also the decisions `(batch, filters)`.
+
+    Example:
+
+    >>> inputs = keras.Input((32, 32, 3))
+    >>> x = SPMConv2D(16, 3, padding="same", activation="relu")(inputs)
+    >>> x = SPMConv2D(32, 3, strides=2, padding="same", activation="relu")(x)
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        data_format=None,
+        dilation_rate=(1, 1),
+        groups=1,
+        activation=None,
+        use_bias=False,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        use_batch_norm=True,
+        bn_momentum=0.99,
+        bn_epsilon=1e-3,
+        bn_center=True,
+        bn_scale=True,
+        mode="sanp",
+        reduction=16,
+        min_hidden=8,
+        keep_ratio=0.5,
+        noise_stddev=1.0,
+        discrete_fraction=0.5,
+        gate_bias_init=3.0,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _checks.check_channels_last(data_format, self.name)
+        self.filters = _checks.check_int_at_least("filters", filters, 1)
+        if groups != 1:
+            raise ValueError(
+                f"Invalid value for argument `groups` of layer '{self.name}'. "
+                f"SPMConv2D gates ungrouped convolutions only. Received: groups={groups!r}"
+            )
+        if tuple(_pair(dilation_rate)) != (1, 1):
+            raise ValueError(
+                f"Invalid value for argument `dilation_rate` of layer '{self.name}'. "
+                "SPMConv2D supports dilation_rate=1 only. "
+                f"Received: dilation_rate={dilation_rate!r}"
+            )
+        self.mode = _checks.check_mode(mode)
+        self.use_batch_norm = bool(use_batch_norm)
+        self.activation = keras.activations.get(activation)
+        self.conv = keras.layers.Conv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            name="conv",
+        )
+        self.bn = None
+        if self.use_batch_norm:
+            self.bn = keras.layers.BatchNormalization(
+                momentum=bn_momentum,
+                epsilon=bn_epsilon,
+                center=bn_center,
+                scale=bn_scale,
+                name="bn",
+            )
+        self.gate = SaliencyGate(
+            filters,
+            reduction=reduction,
+            min_hidden=min_hidden,
+            mode=mode,
+            keep_ratio=keep_ratio,
+            noise_stddev=noise_stddev,
+            discrete_fraction=discrete_fraction,
+            bias_init=gate_bias_init,
+            seed=seed,
+            name="gate",
+        )
+
+    @property
+    def kernel_size(self):
+        return self.conv.kernel_size
+
+    @property
+    def strides(self):
+        return self.conv.strides
+
+    @property
+    def padding(self):
+        return self.conv.padding
+
+    @property
+    def gates_cost(self):
+        """Whether the cost loss acts on this layer's decisions (sanp and static)."""
+        return self.mode in ("sanp", "static")
+
+    def build(self, input_shape):
+        _checks.check_image_shape(input_shape, self.name)
+        self.conv.build(input_shape)
+        output_shape = self.conv.compute_output_shape(input_shape)
+        if self.bn is not None:
+            self.bn.build(output_shape)
+        self.gate.build(input_shape)
+        self.cost_weight = self.add_weight(
+            name="cost_weight", shape=(), initializer="zeros", trainable=False
+        )
+        self.active_rate = self.add_weight(
+            name="active_rate",
+            shape=(self.filters,),
+            initializer="ones",
+            trainable=False,
+        )
+
+    def call(self, inputs, training=None, return_decisions=False):
+        y = self.conv(inputs)  # (B, H, W, C_out)
+        if self.bn is not None:
+            y = self.bn(y, training=training)
+        if self.mode == "dense":
+            decisions = ops.ones((ops.shape(y)[0], self.filters), dtype=y.dtype)
+        else:
+            scores, decisions = self.gate(inputs, training=training)  # (B, C_out) x2
+            saliency = ops.sigmoid(scores)  # (B, C_out), g' in METHOD.md
+            y = y * (decisions * saliency)[:, None, None, :]
+            if training:
+                if self.gates_cost:
+                    self.add_loss(self.cost_weight * ops.sum(_soft_activity(scores)))
+                hard = self.gate.hard_decisions(scores)
+                self.active_rate.assign(ops.cast(ops.mean(hard, axis=0), "float32"))
+        y = self.activation(y)
+        if return_decisions:
+            return y, decisions
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(input_shape)
+
+    def compute_output_spec(self, inputs, training=None, return_decisions=False):
+        y = keras.KerasTensor(
+            self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
+        )
+        if return_decisions:
+            b = keras.KerasTensor((inputs.shape[0], self.filters), dtype=self.compute_dtype)
+            return y, b
+        return y
+
+    def get_config(self):
+        config = super().get_config()
+        conv = self.conv.get_config()
+        for key in (
+            "kernel_size",
+            "strides",
+            "padding",
+            "use_bias",
+            "kernel_initializer",
+            "bias_initializer",
+            "kernel_regularizer",
+            "bias_regularizer",
+            "kernel_constraint",
+            "bias_constraint",
+        ):
+            config[key] = conv[key]
+        gate = self.gate.get_config()
+        for key in (
+            "reduction",
+            "min_hidden",
+            "keep_ratio",
+            "noise_stddev",
+            "discrete_fraction",
+            "seed",
+        ):
+            config[key] = gate[key]
+        config.update(
+            {
+                "filters": self.filters,
+                "activation": keras.activations.serialize(self.activation),
+                "use_batch_norm": self.use_batch_norm,
+                "mode": self.mode,
+                "gate_bias_init": gate["bias_init"],
+            }
+        )
+        if self.bn is not None:
+            bn = self.bn.get_config()
+            config.update(
+                {
+                    "bn_momentum": bn["momentum"],
+                    "bn_epsilon": bn["epsilon"],
+                    "bn_center": bn["center"],
+                    "bn_scale": bn["scale"],
+                }
+            )
+        return config
+
+
+def _soft_activity(scores):
+    """Per-channel cost term of paper eq. 9, `(C_out,)`.
+
+    Its value is `mean_i sigmoid(g[i, c])`, the L1 norm of the non-negative saliency;
+    its gradient with respect to `g` is `1 / batch` (straight-through), not
+    `sigmoid'(g)`, which vanishes for saturated gates: lambda must be able to reopen a
+    channel closed far below zero, and close one far above, as fast as an undecided one.
+    """
+    soft = ops.mean(ops.sigmoid(scores), axis=0)
+    linear = ops.mean(scores, axis=0)
+    return linear + ops.stop_gradient(soft - linear)
+
+
+def _pair(value):
+    if isinstance(value, int):
+        return (value, value)
+    return tuple(value)

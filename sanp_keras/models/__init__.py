@@ -1,0 +1,8 @@
+"""The model zoo: `create_model(name, num_classes=10, gated=True)`, `list_models()`."""
+
+from sanp_keras.models import cifarnet as _cifarnet  # noqa: F401 (registers)
+from sanp_keras.models import resnet as _resnet  # noqa: F401 (registers)
+from sanp_keras.models import vgg as _vgg  # noqa: F401 (registers)
+from sanp_keras.models.registry import create_model as create_model
+from sanp_keras.models.registry import list_models as list_models
+from sanp_keras.models.registry import register_model as register_model
