@@ -35,6 +35,7 @@ _GATE_OPTIONS = (
     "noise_stddev",
     "discrete_fraction",
     "gate_bias_init",
+    "gate_bias_spread",
     "seed",
 )
 
@@ -164,7 +165,7 @@ def convert(model, mode="sanp", on_unsupported="warn", **gate_options):
             a warning naming it and why) or `"raise"` (a `ValueError` instead).
         **gate_options: passed to every `SPMConv2D`: `reduction`, `min_hidden`,
             `keep_ratio`, `noise_stddev`, `discrete_fraction`, `gate_bias_init`,
-            `seed`.
+            `gate_bias_spread`, `seed`.
 
     Returns:
         A new functional `keras.Model`; the original is left untouched.

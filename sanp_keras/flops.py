@@ -199,8 +199,10 @@ def decision_function(model):
 
         def call(layer, *args, **kwargs):
             if isinstance(layer, SPMConv2D) and layer.mode != "dense":
-                y, recorded[layer.name] = layer(*args, **kwargs, return_decisions=True)
-                return y
+                wanted = kwargs.get("return_decisions", False)
+                kwargs = {**kwargs, "return_decisions": True}
+                y, recorded[layer.name] = layer(*args, **kwargs)
+                return (y, recorded[layer.name]) if wanted else y
             return layer(*args, **kwargs)
 
         functional._run_through_graph(x, operation_fn=lambda op: op, call_fn=call)
@@ -229,6 +231,42 @@ def _batches(data, batch_size):
         yield array[start : start + batch_size]
 
 
+def collect_decisions(model, data, batch_size=256, run=None):
+    """Inference decisions of every gate over a dataset.
+
+    Returns:
+        `(decisions, count)`: dict from gated layer name to a `(count, filters)` boolean
+        array, and the number of samples.
+    """
+    run = run or decision_function(model)
+    chunks = {}
+    count = 0
+    for x in _batches(data, batch_size):
+        count += int(x.shape[0])
+        for name, b in run(tf.convert_to_tensor(x)).items():
+            chunks.setdefault(name, []).append(b.numpy() > 0.5)
+    if count == 0:
+        raise ValueError("Invalid value for argument `data`: it holds no samples.")
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}, count
+
+
+def layer_costs(nodes, decisions, count, include_bias=False):
+    """Yields `(node, active_out, macs)` per costed node: the `(count, C_out)` computed
+    output channels and the `(count,)` MACs of each sample."""
+    for node in nodes:
+        a_in = graph.evaluate(node.in_mask, decisions, count).sum(axis=1)  # (N,)
+        a_out = graph.evaluate(node.out_mask, decisions, count)  # (N, C_out)
+        yield node, a_out, node.macs(a_in, a_out.sum(axis=1), include_bias)
+
+
+def per_sample_macs(nodes, decisions, count, include_bias=False):
+    """`(count,)` MACs of each sample, from `collect_decisions`."""
+    total = np.zeros(count)
+    for _, _, cost in layer_costs(nodes, decisions, count, include_bias):
+        total += cost
+    return total
+
+
 def measure(model, data, batch_size=256, include_bias=False, percentiles=(5, 50, 95)):
     """Per-sample cost of a gated model over a dataset, in inference mode.
 
@@ -250,23 +288,10 @@ def measure(model, data, batch_size=256, include_bias=False, percentiles=(5, 50,
         `active_histogram` (`count[j]` = samples with `j` active channels).
     """
     nodes = trace(model)
-    run = decision_function(model)
-    chunks = {}
-    count = 0
-    for x in _batches(data, batch_size):
-        count += int(x.shape[0])
-        for name, b in run(tf.convert_to_tensor(x)).items():
-            chunks.setdefault(name, []).append(np.asarray(b) > 0.5)
-    if count == 0:
-        raise ValueError("Invalid value for argument `data`: it holds no samples.")
-    decisions = {name: np.concatenate(parts) for name, parts in chunks.items()}
-
+    decisions, count = collect_decisions(model, data, batch_size)
     per_sample = np.zeros(count)
     per_layer = {}
-    for node in nodes:
-        a_in = graph.evaluate(node.in_mask, decisions, count).sum(axis=1)  # (N,)
-        a_out = graph.evaluate(node.out_mask, decisions, count)  # (N, C_out)
-        cost = node.macs(a_in, a_out.sum(axis=1), include_bias)  # (N,)
+    for node, a_out, cost in layer_costs(nodes, decisions, count, include_bias):
         per_sample += cost
         entry = {
             "kind": node.kind,

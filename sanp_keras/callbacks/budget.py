@@ -9,6 +9,7 @@ from sanp_keras import flops
 from sanp_keras.layers import _checks
 
 WEIGHTINGS = ("macs", "uniform")
+INTEGRAL_BAND = 0.1  # the integral term accumulates only while |e| is below this
 
 
 class BudgetCallback(keras.callbacks.Callback):
@@ -19,9 +20,10 @@ class BudgetCallback(keras.callbacks.Callback):
     callback sets those weights to `lambda * w_l` after every batch, with
 
         C_hat  = mean of the last `window` cost estimates, each computed from the
-                 decisions the gates would take at inference on the batch
+                 decisions the gates would take at inference on the training batch,
+                 times a calibration factor (below)
         e      = (C_hat - B) / C                  B: budget, C: dense cost
-        I      = clip(I + integral_gain * e, -1, 1)
+        I      = clip(I + integral_gain * e, -1, 1)     only while |e| < 0.1
         lambda = alpha * clip(e + I, -1, 1)       in [-alpha, alpha], as in the paper
 
     `integral_gain=0` gives the paper's linear controller exactly. A proportional
@@ -34,6 +36,14 @@ class BudgetCallback(keras.callbacks.Callback):
     estimate of the cost ratio and closing a channel of an expensive layer is worth
     more. `weighting="uniform"` is the paper's `1 / N` for all N gated filters (the
     paper's extra `1 / L` is folded into `alpha`).
+
+    Calibration. In training, a gate sees features gated noisily upstream and
+    normalized with batch statistics, so the decisions it would take differ somewhat
+    from those it takes at inference. Given `calibration_data` (a few hundred training
+    images), every `calibrate_every` batches the callback measures the exact inference
+    cost on them and rescales the training estimate by `inference / training`, so that
+    the cost that lands on the budget is the one `sanp_keras.flops.measure` reports.
+    Without it the factor is 1.
 
     `lambda` and `flops_ratio` (C_hat / C) are written into `logs` at each batch and
     epoch end, so History, CSVLogger and TensorBoard record them: place this callback
@@ -53,6 +63,9 @@ class BudgetCallback(keras.callbacks.Callback):
         window: number of batch estimates averaged into C_hat.
         weighting: `"macs"` or `"uniform"`, see above.
         include_bias: count the paper's "+1" per output (see `sanp_keras.flops`).
+        calibration_data: optional array of images `(N, H, W, C)` (or a dataset of
+            batches) on which the inference cost is measured, see above.
+        calibrate_every: batches between two calibrations.
 
     Example:
 
@@ -65,11 +78,13 @@ class BudgetCallback(keras.callbacks.Callback):
         self,
         budget=None,
         budget_mmacs=None,
-        alpha=2.0,
-        integral_gain=0.002,
+        alpha=1.0,
+        integral_gain=0.03,
         window=5,
         weighting="macs",
         include_bias=False,
+        calibration_data=None,
+        calibrate_every=25,
     ):
         super().__init__()
         if (budget is None) == (budget_mmacs is None):
@@ -97,6 +112,10 @@ class BudgetCallback(keras.callbacks.Callback):
         self.window = _checks.check_int_at_least("window", window, 1)
         self.weighting = weighting
         self.include_bias = include_bias
+        self.calibration_data = calibration_data
+        self.calibrate_every = _checks.check_int_at_least("calibrate_every", calibrate_every, 1)
+        self.calibration = 1.0
+        self._steps = 0
         self.lambda_ = 0.0
         self.integral = 0.0
         self.flops_ratio = None
@@ -106,6 +125,7 @@ class BudgetCallback(keras.callbacks.Callback):
     def set_model(self, model):
         super().set_model(model)
         self._nodes = None
+        self._run = None
 
     def _setup(self):
         model = self.model
@@ -156,13 +176,27 @@ class BudgetCallback(keras.callbacks.Callback):
         rates = {g.name: g.active_rate.numpy() for g in self._gated}
         return flops.expected_macs(self._nodes, rates, self.include_bias)
 
+    def inference_macs(self):
+        """Exact mean inference MACs per sample on `calibration_data`."""
+        if self._run is None:
+            self._run = flops.decision_function(self.model)
+        decisions, count = flops.collect_decisions(
+            self.model, self.calibration_data, run=self._run
+        )
+        return float(np.mean(flops.per_sample_macs(self._nodes, decisions, count,
+                                                   self.include_bias)))
+
     def on_train_batch_end(self, batch, logs=None):
         if self._nodes is None:
             self._setup()
         self._estimates.append(self.estimate_macs())
-        c_hat = float(np.mean(self._estimates))
+        self._steps += 1
+        if self.calibration_data is not None and self._steps % self.calibrate_every == 0:
+            self.calibration = self.inference_macs() / float(np.mean(self._estimates))
+        c_hat = self.calibration * float(np.mean(self._estimates))
         gap = (c_hat - self.budget_macs) / self.dense_macs
-        self.integral = float(np.clip(self.integral + self.integral_gain * gap, -1, 1))
+        if abs(gap) < INTEGRAL_BAND:  # no wind-up while far from the budget
+            self.integral = float(np.clip(self.integral + self.integral_gain * gap, -1, 1))
         self.lambda_ = self.alpha * float(np.clip(gap + self.integral, -1.0, 1.0))
         self.flops_ratio = c_hat / self.dense_macs
         self._assign()

@@ -30,9 +30,9 @@ class SaliencyGate(keras.layers.Layer):
       sample, no binarization function (the paper's FIXED K ablation).
     - `"dense"`: every channel open; the layer holds no weights.
 
-    `c2` starts at `bias_init` (3.0: `sigmoid(3) = 0.95`) and `W2` at zero, so a
-    freshly inserted gate keeps every channel open and barely rescales it: converting a
-    trained backbone starts from the backbone.
+    `c2` starts around `bias_init` (3.0 +- 1: `sigmoid(3) = 0.95`) and `W2` at zero, so
+    a freshly inserted gate keeps every channel open and barely rescales it: converting
+    a trained backbone starts from the backbone.
 
     Args:
         units: number of channels to decide on (the convolution's `filters`).
@@ -44,7 +44,9 @@ class SaliencyGate(keras.layers.Layer):
         noise_stddev: standard deviation `sigma` of the training noise.
         discrete_fraction: fraction of samples whose forward pass uses the binary code
             in training (ISH uses one half).
-        bias_init: initial value of `c2` (and of the static vector).
+        bias_init, bias_spread: `c2` (and the static vector) start uniform in
+            `bias_init +- bias_spread`: open, and distinct so that channels close one
+            by one rather than all together.
         kernel_initializer: initializer of `W1`.
         kernel_regularizer: regularizer of `W1` and `W2`.
         seed: seed of the noise and of the discrete/continuous draw.
@@ -74,6 +76,7 @@ class SaliencyGate(keras.layers.Layer):
         noise_stddev=1.0,
         discrete_fraction=0.5,
         bias_init=3.0,
+        bias_spread=1.0,
         kernel_initializer="he_normal",
         kernel_regularizer=None,
         seed=None,
@@ -92,6 +95,9 @@ class SaliencyGate(keras.layers.Layer):
             "discrete_fraction", discrete_fraction, 0.0, 1.0, low_open=False
         )
         self.bias_init = float(bias_init)
+        self.bias_spread = _checks.check_float_in(
+            "bias_spread", bias_spread, 0.0, math.inf, low_open=False, high_open=True
+        )
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.seed = seed
@@ -107,7 +113,11 @@ class SaliencyGate(keras.layers.Layer):
 
     def build(self, input_shape):
         c_in = _checks.check_image_shape(input_shape, self.name)
-        bias_init = keras.initializers.Constant(self.bias_init)
+        # Distinct starting scores: with equal ones, the cost loss pushes every channel
+        # of a layer across zero at the same step and the layer collapses at once.
+        bias_init = keras.initializers.RandomUniform(
+            self.bias_init - self.bias_spread, self.bias_init + self.bias_spread, seed=self.seed
+        )
         if self.mode in ("sanp", "fixed_k"):
             hidden = self.hidden_units(c_in)
             self.squeeze_kernel = self.add_weight(
@@ -191,6 +201,7 @@ class SaliencyGate(keras.layers.Layer):
                 "noise_stddev": self.noise_stddev,
                 "discrete_fraction": self.discrete_fraction,
                 "bias_init": self.bias_init,
+                "bias_spread": self.bias_spread,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),

@@ -40,7 +40,8 @@ class SPMConv2D(keras.layers.Layer):
         use_batch_norm: whether a BatchNormalization follows the convolution.
         bn_momentum, bn_epsilon, bn_center, bn_scale: its arguments.
         mode, reduction, min_hidden, keep_ratio, noise_stddev, discrete_fraction,
-        gate_bias_init, seed: the gate's arguments (see `SaliencyGate`).
+        gate_bias_init, gate_bias_spread, seed: the gate's arguments (see
+            `SaliencyGate`).
 
     Input shape:
         4D tensor `(batch, height, width, in_channels)`.
@@ -85,6 +86,7 @@ class SPMConv2D(keras.layers.Layer):
         noise_stddev=1.0,
         discrete_fraction=0.5,
         gate_bias_init=3.0,
+        gate_bias_spread=1.0,
         seed=None,
         **kwargs,
     ):
@@ -137,6 +139,7 @@ class SPMConv2D(keras.layers.Layer):
             noise_stddev=noise_stddev,
             discrete_fraction=discrete_fraction,
             bias_init=gate_bias_init,
+            bias_spread=gate_bias_spread,
             seed=seed,
             name="gate",
         )
@@ -240,6 +243,7 @@ class SPMConv2D(keras.layers.Layer):
                 "use_batch_norm": self.use_batch_norm,
                 "mode": self.mode,
                 "gate_bias_init": gate["bias_init"],
+                "gate_bias_spread": gate["bias_spread"],
             }
         )
         if self.bn is not None:
