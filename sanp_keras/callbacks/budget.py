@@ -163,8 +163,31 @@ class BudgetCallback(keras.callbacks.Callback):
             self.lambda_ = float(first.cost_weight.numpy()) / self._weights[first.name]
             self.integral = float(np.clip(self.lambda_ / self.alpha, -1.0, 1.0))
 
+    def get_state(self):
+        """The controller's state, JSON-serializable, for resuming (lambda itself also
+        lives in the layers)."""
+        return {
+            "lambda": self.lambda_,
+            "integral": self.integral,
+            "calibration": self.calibration,
+            "estimates": [float(e) for e in self._estimates],
+            "steps": self._steps,
+        }
+
+    def set_state(self, state):
+        """Restores `get_state()`; takes effect at the next `on_train_begin`."""
+        self._pending_state = dict(state)
+
     def on_train_begin(self, logs=None):
         self._setup()
+        state = getattr(self, "_pending_state", None)
+        if state:
+            self.lambda_ = float(state["lambda"])
+            self.integral = float(state["integral"])
+            self.calibration = float(state["calibration"])
+            self._estimates.extend(state["estimates"])
+            self._steps = int(state["steps"])
+            self._pending_state = None
         self._assign()
 
     def _assign(self):

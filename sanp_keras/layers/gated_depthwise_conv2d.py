@@ -48,6 +48,7 @@ class GatedDepthwiseConv2D(keras.layers.Layer):
         bn_epsilon=1e-3,
         bn_center=True,
         bn_scale=True,
+        backbone_trainable=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -72,6 +73,19 @@ class GatedDepthwiseConv2D(keras.layers.Layer):
                 scale=bn_scale,
                 name="bn",
             )
+
+        self.backbone_trainable = backbone_trainable
+
+    @property
+    def backbone_trainable(self):
+        """Whether the depthwise convolution and batch norm train. Saved with the layer."""
+        return self.depthwise.trainable
+
+    @backbone_trainable.setter
+    def backbone_trainable(self, value):
+        self.depthwise.trainable = bool(value)
+        if self.bn is not None:
+            self.bn.trainable = bool(value)
 
     @property
     def kernel_size(self):
@@ -115,6 +129,7 @@ class GatedDepthwiseConv2D(keras.layers.Layer):
             config[key] = dw[key]
         config["activation"] = keras.activations.serialize(self.activation)
         config["use_batch_norm"] = self.use_batch_norm
+        config["backbone_trainable"] = self.backbone_trainable
         if self.bn is not None:
             bn = self.bn.get_config()
             config.update(

@@ -42,6 +42,8 @@ class SPMConv2D(keras.layers.Layer):
         mode, reduction, min_hidden, keep_ratio, noise_stddev, discrete_fraction,
         gate_bias_init, gate_bias_spread, seed: the gate's arguments (see
             `SaliencyGate`).
+        backbone_trainable: whether the convolution and batch norm train; False
+            trains the gate alone (the paper's warm-up). Saved with the layer.
 
     Input shape:
         4D tensor `(batch, height, width, in_channels)`.
@@ -88,6 +90,7 @@ class SPMConv2D(keras.layers.Layer):
         gate_bias_init=3.0,
         gate_bias_spread=1.0,
         seed=None,
+        backbone_trainable=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -143,6 +146,19 @@ class SPMConv2D(keras.layers.Layer):
             seed=seed,
             name="gate",
         )
+
+        self.backbone_trainable = backbone_trainable
+
+    @property
+    def backbone_trainable(self):
+        """Whether the convolution and batch norm train (False: only the gate does)."""
+        return self.conv.trainable
+
+    @backbone_trainable.setter
+    def backbone_trainable(self, value):
+        self.conv.trainable = bool(value)
+        if self.bn is not None:
+            self.bn.trainable = bool(value)
 
     @property
     def kernel_size(self):
@@ -242,6 +258,7 @@ class SPMConv2D(keras.layers.Layer):
                 "activation": keras.activations.serialize(self.activation),
                 "use_batch_norm": self.use_batch_norm,
                 "mode": self.mode,
+                "backbone_trainable": self.backbone_trainable,
                 "gate_bias_init": gate["bias_init"],
                 "gate_bias_spread": gate["bias_spread"],
             }

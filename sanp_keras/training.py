@@ -1,0 +1,152 @@
+"""The training recipe's building blocks: resumable stages and atomic checkpoints.
+
+A stage is one `model.fit` (train the backbone, warm up the gates, fine-tune to the
+budget). Each epoch ends with an atomic checkpoint: the model (with its optimizer
+state) is written to `ckpt-<epoch>.keras` through a temporary file and `os.replace`,
+then `state.json` (completed epochs, the budget controller's state, the checkpoint's
+name) the same way, and only then the previous checkpoint is deleted. A process killed
+at any moment leaves a `state.json` that names a complete checkpoint; running the same
+stage again resumes after the last finished epoch.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+
+from sanp_keras import flops
+from sanp_keras import graph
+from sanp_keras.layers.gated_depthwise_conv2d import GatedDepthwiseConv2D
+from sanp_keras.layers.spm_conv2d import SPMConv2D
+
+STATE_FILE = "state.json"
+
+
+def write_json_atomic(path, data):
+    """Writes JSON to `path` through a temporary file and `os.replace`."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_state(stage_dir):
+    """The stage's `state.json` as a dict, or None if the stage has not started."""
+    path = os.path.join(stage_dir, STATE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+class AtomicCheckpoint(keras.callbacks.Callback):
+    """Saves the model and the training state after every epoch, atomically.
+
+    Args:
+        stage_dir: folder of the stage.
+        budget: an optional `BudgetCallback` whose state is saved alongside.
+    """
+
+    def __init__(self, stage_dir, budget=None):
+        super().__init__()
+        self.stage_dir = stage_dir
+        self.budget = budget
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.stage_dir, exist_ok=True)
+        previous = read_state(self.stage_dir)
+        name = f"ckpt-{epoch + 1}.keras"
+        path = os.path.join(self.stage_dir, name)
+        tmp = os.path.join(self.stage_dir, f"tmp-{name}")
+        self.model.save(tmp)
+        os.replace(tmp, path)
+        state = {
+            "epoch": epoch + 1,
+            "checkpoint": name,
+            "logs": {k: float(v) for k, v in (logs or {}).items()},
+        }
+        if self.budget is not None:
+            state["budget"] = self.budget.get_state()
+        write_json_atomic(os.path.join(self.stage_dir, STATE_FILE), state)
+        if previous and previous["checkpoint"] != name:
+            old = os.path.join(self.stage_dir, previous["checkpoint"])
+            if os.path.exists(old):
+                os.remove(old)
+
+
+def fit_stage(stage_dir, build, compile_model, train_ds, epochs, val_ds=None,
+              budget=None, verbose="auto"):
+    """Runs (or resumes, or skips) one training stage.
+
+    Args:
+        stage_dir: folder holding the stage's checkpoints and logs.
+        build: `() -> keras.Model`, the model to start the stage from.
+        compile_model: `(model) -> None`, compiles it (optimizer, loss, metrics).
+        train_ds, val_ds: datasets of `(image, label)` batches.
+        epochs: total epochs of the stage.
+        budget: an optional `BudgetCallback`.
+        verbose: passed to `fit` (progress bars).
+
+    Returns:
+        The model at the end of the stage.
+    """
+    state = read_state(stage_dir)
+    if state is not None:
+        model = keras.models.load_model(os.path.join(stage_dir, state["checkpoint"]))
+        initial_epoch = state["epoch"]
+        if budget is not None and "budget" in state:
+            budget.set_state(state["budget"])
+        if initial_epoch >= epochs:
+            print(f"[{os.path.basename(stage_dir)}] done ({initial_epoch} epochs), skipping.")
+            return model
+        print(f"[{os.path.basename(stage_dir)}] resuming after epoch {initial_epoch}.")
+    else:
+        model = build()
+        compile_model(model)
+        initial_epoch = 0
+    callbacks = [] if budget is None else [budget]  # first: writes logs the others read
+    callbacks += [
+        AtomicCheckpoint(stage_dir, budget),
+        keras.callbacks.CSVLogger(os.path.join(stage_dir, "log.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(stage_dir, "tensorboard")),
+    ]
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+              callbacks=callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles
+    return model
+
+
+def set_backbone_trainable(model, trainable):
+    """Freezes (or unfreezes) every weight but the gates', for the gate warm-up.
+
+    Paper 4.1.2: "we warm up the SPMs using the classification loss, with fixed
+    parameters of convolutional kernels". Frozen batch norms run in inference mode.
+    """
+    for layer in graph.as_functional(model).layers:
+        if isinstance(layer, (SPMConv2D, GatedDepthwiseConv2D)):
+            layer.backbone_trainable = trainable
+        elif layer.weights:
+            layer.trainable = trainable
+
+
+def fixed_k_keep_ratio(model, budget, include_bias=False):
+    """The keep ratio that makes a FIXED-K model cost `budget` of its dense MACs.
+
+    Solved by bisection on `flops.expected_macs` with every gate keeping that fraction
+    of its channels (exact for chains of gated layers, where every sample keeps k).
+    """
+    nodes = flops.trace(model)
+    dense = sum(n.dense_macs(include_bias) for n in nodes)
+    layers = [g for g in flops.gated_layers(model) if g.mode != "dense"]
+
+    def cost(ratio):
+        rates = {g.name: np.full(g.filters, ratio) for g in layers}
+        return flops.expected_macs(nodes, rates, include_bias) / dense
+
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cost(mid) < budget else (low, mid)
+    return (low + high) / 2

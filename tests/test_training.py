@@ -1,0 +1,119 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import sanp_keras as sk
+from sanp_keras import flops
+from sanp_keras import training
+from tests.callbacks.test_budget import _data
+from tests.callbacks.test_budget import _model
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _compile(model):
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+
+class _RecordLambda(keras.callbacks.Callback):
+    def __init__(self, budget):
+        super().__init__()
+        self.budget = budget
+        self.at_begin = None
+
+    def on_train_begin(self, logs=None):
+        self.at_begin = self.budget.lambda_
+
+
+def test_stage_resumes_after_the_last_finished_epoch_with_the_same_lambda(tmp_path):
+    x, y = _data(256)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    stage = str(tmp_path / "stage")
+    first = sk.BudgetCallback(budget=0.5)
+    training.fit_stage(stage, _model, _compile, ds, epochs=1, budget=first, verbose=0)
+    state = training.read_state(stage)
+    assert state["epoch"] == 1 and os.listdir(stage).count("ckpt-1.keras") == 1
+    lam = state["budget"]["lambda"]
+    assert lam == pytest.approx(first.lambda_) and lam != 0
+
+    # "rerun": a new callback, the same stage, two epochs in all
+    second = sk.BudgetCallback(budget=0.5)
+    recorder = _RecordLambda(second)
+    original_fit = keras.Model.fit
+
+    def fit(self, *args, **kwargs):
+        assert kwargs["initial_epoch"] == 1  # continues at epoch 2
+        kwargs["callbacks"] = kwargs["callbacks"] + [recorder]
+        return original_fit(self, *args, **kwargs)
+
+    keras.Model.fit = fit
+    try:
+        training.fit_stage(stage, _model, _compile, ds, epochs=2, budget=second, verbose=0)
+    finally:
+        keras.Model.fit = original_fit
+    assert recorder.at_begin == pytest.approx(lam)
+    assert training.read_state(stage)["epoch"] == 2
+    assert sorted(f for f in os.listdir(stage) if f.endswith(".keras")) == ["ckpt-2.keras"]
+    with open(os.path.join(stage, "log.csv")) as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
+    # a finished stage is skipped
+    model = training.fit_stage(stage, _model, _compile, ds, epochs=2, verbose=0)
+    assert isinstance(model, keras.Model)
+
+
+def test_frozen_backbone_survives_save_and_load(tmp_path):
+    model = sk.convert(sk.models.create_model("resnet20", gated=False))
+    training.set_backbone_trainable(model, False)
+    trainable = {w.path for w in model.trainable_weights}
+    assert trainable and all("gate" in p for p in trainable)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert {w.path for w in loaded.trainable_weights} == trainable
+
+
+def test_fixed_k_keep_ratio_meets_the_budget():
+    plain = sk.models.create_model("mcifarnet", gated=False)
+    ratio = training.fixed_k_keep_ratio(sk.convert(plain, mode="fixed_k"), 0.4)
+    gated = sk.convert(plain, mode="fixed_k", keep_ratio=ratio)
+    x = np.random.RandomState(0).uniform(size=(4, 32, 32, 3)).astype("float32")
+    measured = flops.measure(gated, x)["flops_ratio"]
+    assert abs(measured - 0.4) < 0.02  # rounding k to whole channels
+    assert 0.55 < ratio < 0.7  # a chain: cost ~ keep^2
+
+
+@pytest.mark.parametrize("kill_after_epoch", [1])
+def test_kill_9_then_rerun_resumes(tmp_path, kill_after_epoch):
+    out = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(ROOT, "examples", "train_cifar.py"),
+           "--train_subset=128", "--test_subset=64", "--batch_size=64",
+           "--backbone_epochs=3", "--warmup_epochs=1", "--finetune_epochs=1",
+           f"--output_dir={out}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    state = out / "1_backbone" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= kill_after_epoch:
+            break
+        if proc.poll() is not None:
+            pytest.fail("the run ended before it could be killed")
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads(state.read_text())["epoch"]
+    assert done < 3
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"[1_backbone] resuming after epoch {done}." in rerun.stdout
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert {"top1_error", "mean_macs", "pruned_fraction", "per_layer"} <= set(report)
