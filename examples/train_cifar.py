@@ -52,6 +52,7 @@ flags.DEFINE_string("dataset", "embedded",
 flags.DEFINE_string("data_dir", None, "Folder with the official archive or tfds data.")
 flags.DEFINE_bool("download", False, "Let tfds download the dataset if it is missing.")
 flags.DEFINE_float("budget", 0.5, "Target mean MACs, as a fraction of the dense model's.")
+flags.DEFINE_float("gate_speed", 0.03, "Push of the cost loss on the gates (BudgetCallback).")
 flags.DEFINE_enum("mode", "sanp", ["sanp", "fixed_k", "static", "dense"],
                   "Gating: SANP, or an ablation of the paper (dense: the backbone alone).")
 flags.DEFINE_string("pretrained", None, "A trained plain backbone (.keras) to start from.")
@@ -92,8 +93,8 @@ def _compile(learning_rate, steps, epochs, cosine=True):
 
 
 def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
-        budget=0.5, mode="sanp", pretrained=None, backbone_epochs=6, warmup_epochs=1,
-        finetune_epochs=6, backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01,
+        budget=0.5, gate_speed=0.03, mode="sanp", pretrained=None, backbone_epochs=6,
+        warmup_epochs=1, finetune_epochs=6, backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01,
         batch_size=128, train_subset=None, test_subset=None, output_dir="runs/default",
         seed=0, verbose=None, command=None):
     """Trains, prunes and evaluates; returns the evaluation result (a dict)."""
@@ -156,7 +157,8 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         calibration = np.concatenate(
             [x.numpy() for x, _ in datasets.pipeline(data.train, 256, False).take(2)]
         )
-        callback = sk.BudgetCallback(budget=budget, calibration_data=calibration)
+        callback = sk.BudgetCallback(budget=budget, gate_speed=gate_speed,
+                                     calibration_data=calibration)
         model = training.fit_stage(stage_dir("3_finetune"), unfrozen,
                                    _compile(finetune_lr, steps, finetune_epochs),
                                    train, finetune_epochs, test, budget=callback,
@@ -176,7 +178,8 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
 def main(argv):
     del argv
     run(**{name: FLAGS[name].value for name in (
-        "backbone", "dataset", "data_dir", "download", "budget", "mode", "pretrained",
+        "backbone", "dataset", "data_dir", "download", "budget", "gate_speed", "mode",
+        "pretrained",
         "backbone_epochs", "warmup_epochs", "finetune_epochs", "backbone_lr", "warmup_lr",
         "finetune_lr", "batch_size", "train_subset", "test_subset", "output_dir", "seed")},
         command="python " + " ".join(sys.argv))

@@ -35,7 +35,11 @@ class BudgetCallback(keras.callbacks.Callback):
     where `share_l` is its fraction of the dense MACs, so that the cost loss is a soft
     estimate of the cost ratio and closing a channel of an expensive layer is worth
     more. `weighting="uniform"` is the paper's `1 / N` for all N gated filters (the
-    paper's extra `1 / L` is folded into `alpha`).
+    paper's extra `1 / L` is folded into `alpha`). Either way the weights sum to one
+    over the channels, so the loss's value is `lambda` times a ratio in [0, 1] and the
+    per-channel weight shrinks as the network grows. The gradient is therefore scaled
+    apart from the value (`cost_gain = gate_speed * N`): the push a channel's score
+    receives averages `gate_speed * lambda` per step whatever the network's size.
 
     Calibration. In training, a gate sees features gated noisily upstream and
     normalized with batch statistics, so the decisions it would take differ somewhat
@@ -63,6 +67,8 @@ class BudgetCallback(keras.callbacks.Callback):
         window: number of batch estimates averaged into C_hat.
         weighting: `"macs"` or `"uniform"`, see above.
         include_bias: count the paper's "+1" per output (see `sanp_keras.flops`).
+        gate_speed: mean gradient of the cost loss per gate score, per unit of
+            lambda (see above).
         calibration_data: optional array of images `(N, H, W, C)` (or a dataset of
             batches) on which the inference cost is measured, see above.
         calibrate_every: batches between two calibrations.
@@ -83,6 +89,7 @@ class BudgetCallback(keras.callbacks.Callback):
         window=5,
         weighting="macs",
         include_bias=False,
+        gate_speed=0.02,
         calibration_data=None,
         calibrate_every=25,
     ):
@@ -112,6 +119,9 @@ class BudgetCallback(keras.callbacks.Callback):
         self.window = _checks.check_int_at_least("window", window, 1)
         self.weighting = weighting
         self.include_bias = include_bias
+        self.gate_speed = _checks.check_float_in(
+            "gate_speed", gate_speed, 0.0, float("inf"), high_open=True
+        )
         self.calibration_data = calibration_data
         self.calibrate_every = _checks.check_int_at_least("calibrate_every", calibrate_every, 1)
         self.calibration = 1.0
@@ -191,8 +201,10 @@ class BudgetCallback(keras.callbacks.Callback):
         self._assign()
 
     def _assign(self):
+        gain = self.gate_speed * sum(g.filters for g in self._controlled)
         for g in self._controlled:
             g.cost_weight.assign(self.lambda_ * self._weights[g.name])
+            g.cost_gain.assign(gain)
 
     def estimate_macs(self):
         """Mean MACs per sample estimated from the gates' last training batch."""

@@ -24,9 +24,9 @@ class SPMConv2D(keras.layers.Layer):
 
     Budget control (see `sanp_keras.BudgetCallback`) goes through two non-trainable
     variables this layer owns:
-    - `cost_weight`: set by the callback; in training the layer adds
-      `cost_weight * sum_c mean_i sigmoid(g[i, c])` to the model's losses (paper eq. 9,
-      with a straight-through gradient, see `_soft_activity`);
+    - `cost_weight`, `cost_gain`: set by the callback; in training the layer adds
+      `cost_weight * sum_c mean_i sigmoid(g[i, c])` to the model's losses (paper eq. 9)
+      with a straight-through gradient scaled by `cost_gain` (see `_soft_activity`);
     - `active_rate`: in training, the fraction of the batch for which each channel
       would be open at inference, read by the callback to estimate the cost.
 
@@ -187,6 +187,9 @@ class SPMConv2D(keras.layers.Layer):
         self.cost_weight = self.add_weight(
             name="cost_weight", shape=(), initializer="zeros", trainable=False
         )
+        self.cost_gain = self.add_weight(
+            name="cost_gain", shape=(), initializer="ones", trainable=False
+        )
         self.active_rate = self.add_weight(
             name="active_rate",
             shape=(self.filters,),
@@ -206,7 +209,8 @@ class SPMConv2D(keras.layers.Layer):
             y = y * (decisions * saliency)[:, None, None, :]
             if training:
                 if self.gates_cost:
-                    self.add_loss(self.cost_weight * ops.sum(_soft_activity(scores)))
+                    activity = _soft_activity(scores, self.cost_gain)  # (C_out,)
+                    self.add_loss(self.cost_weight * ops.sum(activity))
                 hard = self.gate.hard_decisions(scores)
                 self.active_rate.assign(ops.cast(ops.mean(hard, axis=0), "float32"))
         y = self.activation(y)
@@ -276,17 +280,17 @@ class SPMConv2D(keras.layers.Layer):
         return config
 
 
-def _soft_activity(scores):
+def _soft_activity(scores, gain):
     """Per-channel cost term of paper eq. 9, `(C_out,)`.
 
     Its value is `mean_i sigmoid(g[i, c])`, the L1 norm of the non-negative saliency;
-    its gradient with respect to `g` is `1 / batch` (straight-through), not
+    its gradient with respect to `g[i, c]` is `gain / batch` (straight-through), not
     `sigmoid'(g)`, which vanishes for saturated gates: lambda must be able to reopen a
     channel closed far below zero, and close one far above, as fast as an undecided one.
     """
     soft = ops.mean(ops.sigmoid(scores), axis=0)
     linear = ops.mean(scores, axis=0)
-    return linear + ops.stop_gradient(soft - linear)
+    return ops.stop_gradient(soft) + gain * (linear - ops.stop_gradient(linear))
 
 
 def _pair(value):

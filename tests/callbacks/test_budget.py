@@ -54,6 +54,8 @@ def test_lambda_follows_the_sign_and_size_of_the_gap_by_hand():
     c3 = model.get_layer("c3")
     share = flops.per_layer_dense_macs(model)["c3"] / dense
     assert c3.cost_weight.numpy() == pytest.approx(lambdas[0.3] * share / 24, rel=1e-5)
+    # and a gradient gain that makes the mean push per channel gate_speed * lambda
+    assert c3.cost_gain.numpy() == pytest.approx(callback.gate_speed * (16 + 24 + 24))
 
 
 def test_integral_term_accumulates_near_the_budget_only():
