@@ -24,6 +24,7 @@ import warnings
 import keras
 
 from sanp_keras import graph
+from sanp_keras.layers import _batch_norm
 from sanp_keras.layers._checks import check_mode
 from sanp_keras.layers.gated_depthwise_conv2d import GatedDepthwiseConv2D
 from sanp_keras.layers.spm_conv2d import SPMConv2D
@@ -137,18 +138,6 @@ def _gated_source(tensor, bn_source):
         tensor = node.input_tensors[0]
 
 
-def _bn_options(bn):
-    if bn is None:
-        return {"use_batch_norm": False}
-    return {
-        "use_batch_norm": True,
-        "bn_momentum": bn.momentum,
-        "bn_epsilon": bn.epsilon,
-        "bn_center": bn.center,
-        "bn_scale": bn.scale,
-    }
-
-
 def _copy_weights(source, target):
     target.set_weights([w.numpy() for w in source.weights])
 
@@ -210,7 +199,7 @@ def convert(model, mode="sanp", on_unsupported="warn", **gate_options):
                 kernel_regularizer=config["kernel_regularizer"],
                 mode=mode,
                 name=layer.name,
-                **_bn_options(pairs[layer.name]),
+                **_batch_norm.config(pairs[layer.name]),
                 **gate_options,
             )
         elif layer.name in depthwise:
@@ -222,7 +211,7 @@ def convert(model, mode="sanp", on_unsupported="warn", **gate_options):
                 use_bias=config["use_bias"],
                 depthwise_regularizer=config["depthwise_regularizer"],
                 name=layer.name,
-                **_bn_options(depthwise[layer.name][1]),
+                **_batch_norm.config(depthwise[layer.name][1]),
             )
         else:
             new = layer.__class__.from_config(layer.get_config())

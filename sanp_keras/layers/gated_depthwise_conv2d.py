@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from sanp_keras.layers import _batch_norm
 from sanp_keras.layers import _checks
 
 
@@ -64,15 +65,9 @@ class GatedDepthwiseConv2D(keras.layers.Layer):
             depthwise_regularizer=depthwise_regularizer,
             name="depthwise",
         )
-        self.bn = None
-        if self.use_batch_norm:
-            self.bn = keras.layers.BatchNormalization(
-                momentum=bn_momentum,
-                epsilon=bn_epsilon,
-                center=bn_center,
-                scale=bn_scale,
-                name="bn",
-            )
+        self.bn = _batch_norm.make(
+            self.use_batch_norm, bn_momentum, bn_epsilon, bn_center, bn_scale
+        )
 
         self.backbone_trainable = backbone_trainable
 
@@ -83,9 +78,7 @@ class GatedDepthwiseConv2D(keras.layers.Layer):
 
     @backbone_trainable.setter
     def backbone_trainable(self, value):
-        self.depthwise.trainable = bool(value)
-        if self.bn is not None:
-            self.bn.trainable = bool(value)
+        _batch_norm.set_trainable(self.depthwise, self.bn, value)
 
     @property
     def kernel_size(self):
@@ -128,16 +121,6 @@ class GatedDepthwiseConv2D(keras.layers.Layer):
         ):
             config[key] = dw[key]
         config["activation"] = keras.activations.serialize(self.activation)
-        config["use_batch_norm"] = self.use_batch_norm
         config["backbone_trainable"] = self.backbone_trainable
-        if self.bn is not None:
-            bn = self.bn.get_config()
-            config.update(
-                {
-                    "bn_momentum": bn["momentum"],
-                    "bn_epsilon": bn["epsilon"],
-                    "bn_center": bn["center"],
-                    "bn_scale": bn["scale"],
-                }
-            )
+        config.update(_batch_norm.config(self.bn))
         return config

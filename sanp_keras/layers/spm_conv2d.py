@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from sanp_keras.layers import _batch_norm
 from sanp_keras.layers import _checks
 from sanp_keras.layers.saliency_gate import SaliencyGate
 
@@ -124,15 +125,9 @@ class SPMConv2D(keras.layers.Layer):
             bias_constraint=bias_constraint,
             name="conv",
         )
-        self.bn = None
-        if self.use_batch_norm:
-            self.bn = keras.layers.BatchNormalization(
-                momentum=bn_momentum,
-                epsilon=bn_epsilon,
-                center=bn_center,
-                scale=bn_scale,
-                name="bn",
-            )
+        self.bn = _batch_norm.make(
+            self.use_batch_norm, bn_momentum, bn_epsilon, bn_center, bn_scale
+        )
         self.gate = SaliencyGate(
             filters,
             reduction=reduction,
@@ -156,9 +151,7 @@ class SPMConv2D(keras.layers.Layer):
 
     @backbone_trainable.setter
     def backbone_trainable(self, value):
-        self.conv.trainable = bool(value)
-        if self.bn is not None:
-            self.bn.trainable = bool(value)
+        _batch_norm.set_trainable(self.conv, self.bn, value)
 
     @property
     def kernel_size(self):
@@ -260,23 +253,13 @@ class SPMConv2D(keras.layers.Layer):
             {
                 "filters": self.filters,
                 "activation": keras.activations.serialize(self.activation),
-                "use_batch_norm": self.use_batch_norm,
                 "mode": self.mode,
                 "backbone_trainable": self.backbone_trainable,
                 "gate_bias_init": gate["bias_init"],
                 "gate_bias_spread": gate["bias_spread"],
             }
         )
-        if self.bn is not None:
-            bn = self.bn.get_config()
-            config.update(
-                {
-                    "bn_momentum": bn["momentum"],
-                    "bn_epsilon": bn["epsilon"],
-                    "bn_center": bn["center"],
-                    "bn_scale": bn["scale"],
-                }
-            )
+        config.update(_batch_norm.config(self.bn))
         return config
 
 
