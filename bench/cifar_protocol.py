@@ -1,6 +1,6 @@
 """The CPU protocol: ResNet-20 on CIFAR-10 (JPEG), dense then SANP at two budgets.
 
-    python bench/cifar_protocol.py --data=../shared/data/cifar10 \
+    python bench/cifar_protocol.py --dataset=../shared/data/cifar10 \
         --output_dir=runs/protocol --results=bench/results/cifar_protocol
 
 Trains the dense backbone once, then fine-tunes SANP from that checkpoint at each
@@ -19,15 +19,6 @@ import sys
 from absl import app
 from absl import flags
 
-DATA = flags.DEFINE_string("data", "../shared/data/cifar10", "CIFAR-10 folder or source.")
-OUTPUT = flags.DEFINE_string("output_dir", "runs/protocol", "Checkpoints and reports.")
-RESULTS = flags.DEFINE_string("results", "bench/results/cifar_protocol", "Output stem.")
-BUDGETS = flags.DEFINE_list("budgets", ["0.5", "0.35"], "Budgets, fractions of dense MACs.")
-BACKBONE_EPOCHS = flags.DEFINE_integer("backbone_epochs", 12, "Dense training epochs.")
-WARMUP_EPOCHS = flags.DEFINE_integer("warmup_epochs", 1, "Gate warm-up epochs.")
-FINETUNE_EPOCHS = flags.DEFINE_integer("finetune_epochs", 7, "Fine-tuning epochs per budget.")
-TOLERANCE = flags.DEFINE_float("tolerance", 0.03, "Budget hit: |cost ratio - budget| below.")
-
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "train_cifar.py")
 
 
@@ -38,9 +29,19 @@ def _example():
     return module
 
 
+example = _example()  # defines the example's flags, which this script reuses
+RESULTS = flags.DEFINE_string("results", "bench/results/cifar_protocol", "Output stem.")
+BUDGETS = flags.DEFINE_list("budgets", ["0.5", "0.35"], "Budgets, fractions of dense MACs.")
+TOLERANCE = flags.DEFINE_float("tolerance", 0.03, "Budget hit: |cost ratio - budget| below.")
+FLAGS = flags.FLAGS
+FLAGS.set_default("dataset", "../shared/data/cifar10")
+FLAGS.set_default("output_dir", "runs/protocol")
+FLAGS.set_default("backbone_epochs", 12)
+FLAGS.set_default("finetune_epochs", 7)
+
+
 def run(data, output_dir, budgets, backbone_epochs, warmup_epochs, finetune_epochs,
         tolerance, command):
-    example = _example()
     dense_dir = os.path.join(output_dir, "dense")
     rows = [example.run(dataset=data, mode="dense", backbone_epochs=backbone_epochs,
                         output_dir=dense_dir, command=command)]
@@ -74,8 +75,8 @@ def markdown(rows, command):
 def main(argv):
     del argv
     command = "python " + " ".join(sys.argv)
-    rows = run(DATA.value, OUTPUT.value, [float(b) for b in BUDGETS.value],
-               BACKBONE_EPOCHS.value, WARMUP_EPOCHS.value, FINETUNE_EPOCHS.value,
+    rows = run(FLAGS.dataset, FLAGS.output_dir, [float(b) for b in BUDGETS.value],
+               FLAGS.backbone_epochs, FLAGS.warmup_epochs, FLAGS.finetune_epochs,
                TOLERANCE.value, command)
     os.makedirs(os.path.dirname(RESULTS.value) or ".", exist_ok=True)
     summary = [{k: r[k] for k in ("name", "budget", "top1_error", "mean_macs", "dense_macs",

@@ -166,7 +166,8 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
 
     # Evaluate and report.
     model.save(os.path.join(output_dir, "model.keras"))
-    result = report.evaluate(model, test, name=f"{backbone} {mode} budget={budget}")
+    name = f"{backbone} {mode}" + (f" budget={budget}" if mode != "dense" else "")
+    result = report.evaluate(model, test, name=name)
     result["budget"] = budget if mode != "dense" else 1.0
     result["dataset"] = data.description
     paths = report.write_report(result, os.path.join(output_dir, "report"), command)
