@@ -12,10 +12,9 @@ continues an interrupted protocol.
 """
 
 import importlib.util
-import json
 import os
-import sys
 
+import _results as results  # bench/ is on the path when run as a script
 from absl import app
 from absl import flags
 
@@ -74,19 +73,14 @@ def markdown(rows, command):
 
 def main(argv):
     del argv
-    command = "python " + " ".join(sys.argv)
+    command = results.command_line()
     rows = run(FLAGS.dataset, FLAGS.output_dir, [float(b) for b in BUDGETS.value],
                FLAGS.backbone_epochs, FLAGS.warmup_epochs, FLAGS.finetune_epochs,
                TOLERANCE.value, command)
-    os.makedirs(os.path.dirname(RESULTS.value) or ".", exist_ok=True)
     summary = [{k: r[k] for k in ("name", "budget", "top1_error", "mean_macs", "dense_macs",
                                   "pruned_fraction", "flops_ratio", "budget_hit")}
                for r in rows]
-    with open(RESULTS.value + ".json", "w") as f:
-        json.dump({"command": command, "results": summary}, f, indent=2)
-    with open(RESULTS.value + ".md", "w") as f:
-        f.write(markdown(rows, command))
-    print(markdown(rows, command))
+    results.write(RESULTS.value, {"results": summary}, markdown(rows, command))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ Writes `<output>.json` and `<output>.md` with the command that produced them.
 Goals (issue 2): training <= 1.25x dense, inference <= 1.15x dense.
 """
 
-import json
 import os
 import platform
-import sys
 import time
 
 from absl import app
@@ -27,6 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import _results as results  # noqa: E402  (bench/ is on the path when run as a script)
 import sanp_keras as sk  # noqa: E402
 
 FLAGS = flags.DEFINE_string("models", "resnet20,mcifarnet", "Comma-separated zoo names.")
@@ -107,7 +106,8 @@ def _markdown(rows, command):
     for r in rows:
         m = r["median_s"]
         lines.append(
-            f"| {r['model']} | {r['jit_compile']} | {1e3 * m['train_dense']:.0f} | {1e3 * m['train_gated']:.0f} "
+            f"| {r['model']} | {r['jit_compile']} | {1e3 * m['train_dense']:.0f} "
+            f"| {1e3 * m['train_gated']:.0f} "
             f"| {r['train_ratio']:.2f} | {1e3 * m['infer_dense']:.0f} "
             f"| {1e3 * m['infer_gated']:.0f} | {r['infer_ratio']:.2f} |"
         )
@@ -116,15 +116,9 @@ def _markdown(rows, command):
 
 def main(argv):
     del argv
-    command = "python " + " ".join(sys.argv)
     rows = run(FLAGS.value.split(","), BATCH.value, REPEATS.value, WARMUP.value)
-    os.makedirs(os.path.dirname(OUTPUT.value) or ".", exist_ok=True)
-    with open(OUTPUT.value + ".json", "w") as f:
-        json.dump({"command": command, "batch_size": BATCH.value, "results": rows}, f, indent=2)
-    markdown = _markdown(rows, command)
-    with open(OUTPUT.value + ".md", "w") as f:
-        f.write(markdown)
-    print(markdown)
+    results.write(OUTPUT.value, {"batch_size": BATCH.value, "results": rows},
+                  _markdown(rows, results.command_line()))
 
 
 if __name__ == "__main__":

@@ -41,13 +41,13 @@ _GATE_OPTIONS = (
 )
 
 
-def _consumers(model, tensor):
-    """Nodes of `model` that take `tensor` as an input."""
-    nodes = []
-    for node in graph.model_nodes(model):
-        if any(t is tensor for t in node.input_tensors):
-            nodes.append(node)
-    return nodes
+def _consumer_map(nodes):
+    """Dict from `id(tensor)` to the nodes that take that tensor as an input."""
+    consumers = {}
+    for node in nodes:
+        for t in node.input_tensors:
+            consumers.setdefault(id(t), []).append(node)
+    return consumers
 
 
 def _is_channel_bn(layer):
@@ -76,19 +76,21 @@ def _plan(model, on_unsupported):
     """Which conv/BN/depthwise layers to replace.
 
     Returns:
-        `(pairs, depthwise)`: dict conv name -> bn layer, and dict depthwise name ->
-        name of the conv whose decisions it follows.
+        `(pairs, depthwise)`: dict conv name -> its bn layer, and dict depthwise name ->
+        `(name of the conv whose decisions it follows, its bn layer or None)`.
     """
     pairs, depthwise = {}, {}
+    nodes = graph.model_nodes(model)
+    consumer_map = _consumer_map(nodes)
     calls = {}
-    for node in graph.model_nodes(model):
+    for node in nodes:
         calls[node.operation.name] = calls.get(node.operation.name, 0) + 1
     bn_source = {}
-    for node in graph.model_nodes(model):
+    for node in nodes:
         layer = node.operation
         if type(layer) is not keras.layers.Conv2D:
             continue
-        consumers = _consumers(model, node.output_tensors[0])
+        consumers = consumer_map.get(id(node.output_tensors[0]), [])
         reason = _why_not_gated(layer, consumers)
         if reason is None and calls[layer.name] > 1:
             reason = "it is called more than once (shared weights)"
@@ -108,7 +110,7 @@ def _plan(model, on_unsupported):
         pairs[layer.name] = bn
         bn_source[id(consumers[0].output_tensors[0])] = layer.name
 
-    for node in graph.model_nodes(model):
+    for node in nodes:
         layer = node.operation
         if type(layer) is not keras.layers.DepthwiseConv2D:
             continue
@@ -117,7 +119,7 @@ def _plan(model, on_unsupported):
         source = _gated_source(node.input_tensors[0], bn_source)
         if source is None or calls[layer.name] > 1:
             continue
-        consumers = _consumers(model, node.output_tensors[0])
+        consumers = consumer_map.get(id(node.output_tensors[0]), [])
         bn = None
         if len(consumers) == 1 and _is_channel_bn(consumers[0].operation):
             bn = consumers[0].operation
@@ -136,6 +138,11 @@ def _gated_source(tensor, bn_source):
         if node.is_input or not graph.is_passthrough(layer):
             return None
         tensor = node.input_tensors[0]
+
+
+def _layers_by_name(functional):
+    """The layers called in a functional model, by name (names are unique in a model)."""
+    return {n.operation.name: n.operation for n in graph.model_nodes(functional)}
 
 
 def _copy_weights(source, target):
@@ -218,9 +225,7 @@ def convert(model, mode="sanp", on_unsupported="warn", **gate_options):
         clones[id(layer)] = new
         return new
 
-    originals = {}
-    for node in graph.model_nodes(functional):
-        originals[node.operation.name] = node.operation
+    originals = _layers_by_name(functional)
 
     def call(new, *args, **kwargs):
         if id(new) in fused_bns:
@@ -259,7 +264,7 @@ def strip(model):
     and no rescaling (its `mode="dense"` output).
     """
     functional = graph.as_functional(model)
-    originals = {n.operation.name: n.operation for n in graph.model_nodes(functional)}
+    originals = _layers_by_name(functional)
     clones = {}
 
     def clone(layer):

@@ -28,6 +28,7 @@ import warnings
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -136,16 +137,12 @@ def load_embedded():
 
 
 def _decode(data, name):
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def load_folder(root, on_corrupt="skip"):
     """`root/train/<class>/*` and `root/test/<class>/*`, classes sorted by name."""
-    from PIL import Image
-
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
         raise DataNotFoundError(f"No 'train' folder in {root!r}: expected train/<class>/*.")

@@ -64,3 +64,10 @@ def randomize(layer, rng):
         else:
             values.append(rng.normal(0.0, 0.5, shape))
     layer.set_weights(values)
+
+
+def images(n, seed, size=8):
+    """Noise plus a per-sample colour offset, so that saliency varies between samples."""
+    rng = np.random.RandomState(seed)
+    x = rng.normal(size=(n, size, size, 3)) + 2 * rng.normal(size=(n, 1, 1, 3))
+    return x.astype("float32")
