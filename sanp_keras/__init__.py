@@ -5,11 +5,13 @@ which of its output channels to compute; a callback holds the mean cost of the w
 network to a budget.
 """
 
+from sanp_keras import export as export
 from sanp_keras import flops as flops
 from sanp_keras import models as models
 from sanp_keras.callbacks import BudgetCallback as BudgetCallback
 from sanp_keras.convert import convert as convert
 from sanp_keras.convert import strip as strip
+from sanp_keras.export import export_tflite as export_tflite
 from sanp_keras.layers import GatedDepthwiseConv2D as GatedDepthwiseConv2D
 from sanp_keras.layers import SaliencyGate as SaliencyGate
 from sanp_keras.layers import SPMConv2D as SPMConv2D
@@ -24,6 +26,8 @@ __all__ = [
     "SaliencyGate",
     "ZeroPadShortcut",
     "convert",
+    "export",
+    "export_tflite",
     "flops",
     "models",
     "strip",

@@ -1,0 +1,10 @@
+"""Export of gated models to TFLite / LiteRT (`export_tflite`) and their runners."""
+
+from sanp_keras.export.runners import Interpreter as Interpreter
+from sanp_keras.export.runners import KernelRunner as KernelRunner
+from sanp_keras.export.runners import build_kernels as build_kernels
+from sanp_keras.export.tflite_export import always_on_channels as always_on_channels
+from sanp_keras.export.tflite_export import export_tflite as export_tflite
+
+__all__ = ["Interpreter", "KernelRunner", "always_on_channels", "build_kernels",
+           "export_tflite"]

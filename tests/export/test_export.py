@@ -1,0 +1,150 @@
+"""export_tflite: every kind against the Keras model, on tiny models with varied gates."""
+
+import os
+import shutil
+import subprocess
+
+import keras
+import numpy as np
+import pytest
+
+import sanp_keras as sk
+from sanp_keras import export
+from sanp_keras import flops
+from tests import oracle
+from tests.test_convert import _mixed_model
+
+KINDS = ("masked", "portable", "kernels")
+
+
+def _direct_model():
+    """SPMConv2D used directly: strides, valid padding, bias, 5x5, in-layer relu / relu6,
+    and one layer per gate mode."""
+    inputs = keras.Input((9, 9, 3))
+    x = sk.SPMConv2D(12, 3, strides=2, padding="same", activation="relu", name="s2")(inputs)
+    x = sk.SPMConv2D(10, 3, padding="valid", use_bias=True, activation="relu6", name="valid")(x)
+    x = sk.SPMConv2D(9, 5, padding="same", mode="fixed_k", keep_ratio=0.4, name="k")(x)
+    x = sk.SPMConv2D(8, 1, mode="static", activation="relu", name="static")(x)
+    x = sk.SPMConv2D(6, 3, padding="same", mode="dense", name="dense")(x)
+    outputs = keras.layers.Dense(4, name="head")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    rng = np.random.RandomState(5)
+    for layer in model.layers:
+        if layer.weights:
+            oracle.randomize(layer, rng)
+    return model
+
+
+def _images(model, n=12, seed=0):
+    return oracle.images(n, seed, size=model.inputs[0].shape[1])
+
+
+@pytest.fixture(scope="module")
+def kernels_built():
+    return export.build_kernels()
+
+
+def _run(kind, path, x, library=None):
+    if kind == "kernels":
+        runner = export.KernelRunner(path, library=library)
+    else:
+        runner = export.Interpreter(path)
+    if kind == "masked":
+        return runner.run(x)
+    outs = [runner.run(x[i : i + 1]) for i in range(len(x))]
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("build", [_mixed_model, _direct_model], ids=["mixed", "direct"])
+def test_export_matches_keras(kind, build, tmp_path, kernels_built):
+    model = sk.convert(build(), mode="sanp") if build is _mixed_model else build()
+    if build is _mixed_model:  # give the converted gates varied decisions
+        rng = np.random.RandomState(7)
+        for layer in flops.gated_layers(model):
+            layer.gate.excite_kernel.assign(rng.normal(0, 1.0, layer.gate.excite_kernel.shape))
+            layer.gate.excite_bias.assign(rng.normal(0, 1.0, layer.gate.excite_bias.shape))
+    x = _images(model)
+    path = export.export_tflite(model, str(tmp_path / f"{kind}.tflite"), kind,
+                                calibration_data=x[:6], decisions=True)
+    got = _run(kind, path, x, kernels_built)
+    want = model.predict(x, verbose=0)
+    np.testing.assert_allclose(got["output"], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    decisions = flops.decision_function(model)(x)
+    names = [layer.name for layer in flops.gated_layers(model) if layer.mode != "dense"]
+    agree = [got[f"decisions_{i:03d}"] == np.asarray(decisions[n]) for i, n in enumerate(names)]
+    assert np.concatenate([a.ravel() for a in agree]).all()
+    opened = np.concatenate([np.asarray(decisions[n]).ravel() for n in names])
+    assert 0.1 < opened.mean() < 0.9  # the gates really prune, and not everything
+
+
+def test_kernels_model_holds_custom_ops_and_needs_no_builtin_conv(tmp_path):
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = _direct_model()
+    path = export.export_tflite(model, str(tmp_path / "k.tflite"), "kernels")
+    with open(path, "rb") as f:
+        fb = schema.ModelT.InitFromPackedBuf(bytearray(f.read()), 0)
+    codes = [fb.operatorCodes[op.opcodeIndex] for op in fb.subgraphs[0].operators]
+    custom = [c for c in codes if c.customCode in (b"SanpGatedConv2D", "SanpGatedConv2D")]
+    convs = [c for c in codes if max(c.builtinCode, c.deprecatedBuiltinCode) == 3]
+    assert len(custom) == 3  # the sanp and fixed_k layers
+    assert len(convs) == 2  # static (thinned at export) and dense stay builtin CONV_2D
+
+
+def test_portable_model_has_builtin_ops_only_and_runs_in_the_stock_interpreter(tmp_path):
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = _direct_model()
+    path = export.export_tflite(model, str(tmp_path / "p.tflite"), "portable")
+    with open(path, "rb") as f:
+        fb = schema.ModelT.InitFromPackedBuf(bytearray(f.read()), 0)
+    assert all(max(c.builtinCode, c.deprecatedBuiltinCode) != 32 for c in fb.operatorCodes)
+    x = _images(model, n=1)
+    np.testing.assert_allclose(export.Interpreter(path)(x), model.predict(x, verbose=0),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_layer_with_every_gate_closed_keeps_its_best_channel(tmp_path, kernels_built):
+    inputs = keras.Input((6, 6, 3))
+    x = sk.SPMConv2D(8, 3, padding="same", activation="relu", name="closed")(inputs)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    gate = model.get_layer("closed").gate
+    gate.excite_bias.assign(np.full(8, -50.0))  # every score far below zero
+    x = _images(model, n=3)
+    want = model.predict(x, verbose=0)
+    for kind in KINDS:
+        path = export.export_tflite(model, str(tmp_path / f"{kind}.tflite"), kind,
+                                    decisions=True)
+        got = _run(kind, path, x, kernels_built)
+        np.testing.assert_allclose(got["output"], want, rtol=1e-4, atol=1e-5)
+        assert (got["decisions_000"].sum(axis=1) == 1).all()
+
+
+def test_export_refuses_bad_arguments_naming_them(tmp_path):
+    model = _direct_model()
+    with pytest.raises(ValueError, match="'fast'"):
+        export.export_tflite(model, str(tmp_path / "a.tflite"), kind="fast")
+    with pytest.raises(ValueError, match="batch_size=4"):
+        export.export_tflite(model, str(tmp_path / "a.tflite"), "portable", batch_size=4)
+
+
+def test_kernel_runner_refuses_a_wrong_input(tmp_path, kernels_built):
+    model = _direct_model()
+    path = export.export_tflite(model, str(tmp_path / "k.tflite"), "kernels")
+    runner = export.KernelRunner(path, library=kernels_built)
+    with pytest.raises(ValueError, match=r"shape \(1, 8, 8, 3\)"):
+        runner(np.zeros((1, 8, 8, 3), np.float32))
+    with pytest.raises(RuntimeError, match="not_a_model"):
+        export.KernelRunner(str(tmp_path / "not_a_model.tflite"), library=kernels_built)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_kernel_fuzz_under_address_sanitizer():
+    """Random shapes, gates and malformed tensors, ASan + UBSan: zero findings."""
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "tflite")
+    result = subprocess.run(["make", "-C", root, "fuzz", "FUZZ_ITERATIONS=2000"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2000 cases, 0 failures" in result.stdout

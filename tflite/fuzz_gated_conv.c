@@ -1,0 +1,162 @@
+/* Fuzz test of sanp_gated_conv2d, meant to run under AddressSanitizer (make fuzz).
+ *
+ * Each iteration draws shapes, strides, padding, activation, gates (all closed, all
+ * open, or random) and zeroed input channels, compares the kernel with a direct
+ * convolution, then feeds it malformed tensors (wrong rank, dtype, shape, short
+ * buffers, bad params) that must be refused with an error status. Buffers are
+ * allocated at their exact size, so any read past them is an ASan finding.
+ *
+ *   fuzz_gated_conv [iterations] [seed]   exit status 0: all passed
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sanp_gated_conv.h"
+
+static unsigned long long state = 88172645463325252ULL;
+static unsigned next(void) {
+  state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+  return (unsigned)(state >> 11);
+}
+static int range(int lo, int hi) { return lo + (int)(next() % (unsigned)(hi - lo + 1)); }
+static float uniform(void) { return (float)(next() % 20001) / 10000.0f - 1.0f; }
+
+static SanpTensor tensor(int dtype, int rank, const int* dims) {
+  SanpTensor t;
+  memset(&t, 0, sizeof(t));
+  t.dtype = dtype;
+  t.rank = rank;
+  size_t count = 1;
+  for (int i = 0; i < rank; ++i) { t.dims[i] = dims[i]; count *= (size_t)dims[i]; }
+  t.bytes = count * 4;
+  t.data = malloc(t.bytes);
+  return t;
+}
+
+static float reference(const float* x, const float* w, int h, int wd, int c_in, int kh, int kw,
+                       int sh, int sw, int pt, int pl, int oh, int ow, int c) {
+  double acc = 0.0;
+  for (int i = 0; i < kh; ++i)
+    for (int j = 0; j < kw; ++j) {
+      const int ih = oh * sh + i - pt, iw = ow * sw + j - pl;
+      if (ih < 0 || ih >= h || iw < 0 || iw >= wd) continue;
+      for (int r = 0; r < c_in; ++r)
+        acc += (double)x[((size_t)ih * wd + iw) * c_in + r] *
+               w[(((size_t)c * kh + i) * kw + j) * c_in + r];
+    }
+  return (float)acc;
+}
+
+static int failures = 0;
+#define EXPECT(cond, ...)                       \
+  do {                                          \
+    if (!(cond)) {                              \
+      fprintf(stderr, "FAIL: " __VA_ARGS__);    \
+      fprintf(stderr, "\n");                    \
+      ++failures;                               \
+    }                                           \
+  } while (0)
+
+static void one_case(int iteration) {
+  const int kh = range(1, 3) * 2 - 1 > 5 ? 5 : range(1, 3) * 2 - 1;  /* 1, 3, 5 */
+  const int kw = kh;
+  const int sh = range(1, 2), sw = sh;
+  const int same = range(0, 1);
+  const int h = range(kh, 12), wd = range(kw, 12);
+  const int c_in = range(1, 40), c_out = range(1, 40), act = range(0, 2);
+  int oh, ow, pt = 0, pl = 0;
+  if (same) {
+    oh = (h + sh - 1) / sh; ow = (wd + sw - 1) / sw;
+    int th = (oh - 1) * sh + kh - h, tw = (ow - 1) * sw + kw - wd;
+    pt = (th > 0 ? th : 0) / 2; pl = (tw > 0 ? tw : 0) / 2;
+  } else {
+    oh = (h - kh) / sh + 1; ow = (wd - kw) / sw + 1;
+  }
+  const int xd[4] = {1, h, wd, c_in}, sd[4] = {1, 1, 1, c_out}, fd[4] = {c_out, kh, kw, c_in};
+  const int bd[1] = {c_out}, pd[3] = {oh, ow, SANP_PARAM_COUNT}, od[4] = {1, oh, ow, c_out};
+  SanpTensor x = tensor(SANP_FLOAT32, 4, xd), scale = tensor(SANP_FLOAT32, 4, sd);
+  SanpTensor filter = tensor(SANP_FLOAT32, 4, fd), bias = tensor(SANP_FLOAT32, 1, bd);
+  SanpTensor params = tensor(SANP_INT32, 3, pd), out = tensor(SANP_FLOAT32, 4, od);
+  float* xs = x.data; float* ss = scale.data; float* fs = filter.data; float* bs = bias.data;
+  const int gates = range(0, 3);  /* 0: all closed, 1: all open, else random */
+  for (int r = 0; r < c_in; ++r) {
+    const int dead = range(0, 3) == 0;  /* a zeroed input channel */
+    for (int p = 0; p < h * wd; ++p) xs[(size_t)p * c_in + r] = dead ? 0.0f : uniform();
+  }
+  for (size_t i = 0; i < (size_t)c_out * kh * kw * c_in; ++i) fs[i] = uniform();
+  for (int c = 0; c < c_out; ++c) {
+    bs[c] = uniform();
+    ss[c] = gates == 0 ? 0.0f : gates == 1 || range(0, 1) ? 0.5f + 0.5f * uniform() : 0.0f;
+  }
+  int32_t* ps = params.data;
+  memset(ps, 0, params.bytes);
+  ps[0] = sh; ps[1] = sw; ps[2] = pt; ps[3] = pl; ps[4] = act;
+
+  int32_t dims[4];
+  EXPECT(sanp_gated_conv2d_output_shape(&x, &filter, &params, dims) == SANP_OK &&
+         dims[1] == oh && dims[2] == ow && dims[3] == c_out, "output shape, case %d", iteration);
+  SanpStatus s = sanp_gated_conv2d(&x, &scale, &filter, &bias, &params, &out);
+  EXPECT(s == SANP_OK, "case %d returned %s", iteration, sanp_status_message(s));
+  if (s == SANP_OK) {
+    const float* ys = out.data;
+    for (int p = 0; p < oh; ++p)
+      for (int q = 0; q < ow; ++q)
+        for (int c = 0; c < c_out; ++c) {
+          float want = 0.0f;
+          if (ss[c] != 0.0f) {
+            want = (reference(xs, fs, h, wd, c_in, kh, kw, sh, sw, pt, pl, p, q, c) + bs[c]) * ss[c];
+            if (act >= 1 && want < 0) want = 0;
+            if (act == 2 && want > 6) want = 6;
+          }
+          const float got = ys[((size_t)p * ow + q) * c_out + c];
+          EXPECT(fabsf(got - want) <= 1e-4f * (1.0f + fabsf(want)),
+                 "case %d pixel (%d,%d) channel %d: got %g want %g", iteration, p, q, c, got, want);
+        }
+  }
+
+  /* Malformed calls: each must be refused, never read out of bounds. */
+  SanpTensor bad;
+  bad = x; bad.rank = 3;
+  EXPECT(sanp_gated_conv2d(&bad, &scale, &filter, &bias, &params, &out) == SANP_ERROR_RANK, "rank");
+  bad = x; bad.dtype = SANP_INT32;
+  EXPECT(sanp_gated_conv2d(&bad, &scale, &filter, &bias, &params, &out) == SANP_ERROR_DTYPE, "dtype");
+  bad = x; bad.bytes -= 4;
+  EXPECT(sanp_gated_conv2d(&bad, &scale, &filter, &bias, &params, &out) == SANP_ERROR_SIZE, "short x");
+  bad = filter; bad.dims[3] += 1;
+  EXPECT(sanp_gated_conv2d(&x, &scale, &bad, &bias, &params, &out) != SANP_OK, "filter C_in");
+  bad = scale; bad.dims[3] += 1;
+  EXPECT(sanp_gated_conv2d(&x, &bad, &filter, &bias, &params, &out) != SANP_OK, "scale C_out");
+  bad = bias; bad.dims[0] += 1;
+  EXPECT(sanp_gated_conv2d(&x, &scale, &filter, &bad, &params, &out) != SANP_OK, "bias C_out");
+  bad = out; bad.dims[1] += 1;
+  EXPECT(sanp_gated_conv2d(&x, &scale, &filter, &bias, &params, &bad) != SANP_OK, "out shape");
+  bad = out; bad.bytes -= 4;
+  EXPECT(sanp_gated_conv2d(&x, &scale, &filter, &bias, &params, &bad) == SANP_ERROR_SIZE, "short out");
+  bad = x; bad.dims[0] = 2;
+  EXPECT(sanp_gated_conv2d(&bad, &scale, &filter, &bias, &params, &out) != SANP_OK, "batch 2");
+  EXPECT(sanp_gated_conv2d(NULL, &scale, &filter, &bias, &params, &out) != SANP_OK, "null x");
+  const int32_t saved[5] = {ps[0], ps[1], ps[2], ps[3], ps[4]};
+  ps[0] = 0;
+  EXPECT(sanp_gated_conv2d(&x, &scale, &filter, &bias, &params, &out) == SANP_ERROR_PARAMS, "stride 0");
+  ps[0] = saved[0]; ps[2] = kh;
+  EXPECT(sanp_gated_conv2d(&x, &scale, &filter, &bias, &params, &out) == SANP_ERROR_PARAMS, "padding");
+  ps[2] = saved[2]; ps[4] = 7;
+  EXPECT(sanp_gated_conv2d(&x, &scale, &filter, &bias, &params, &out) == SANP_ERROR_PARAMS, "activation");
+  ps[4] = saved[4];
+  bad = params; bad.dims[0] = oh + 20;  /* output larger than the input can give */
+  bad.bytes = params.bytes;
+  EXPECT(sanp_gated_conv2d(&x, &scale, &filter, &bias, &bad, &out) != SANP_OK, "params shape");
+
+  free(x.data); free(scale.data); free(filter.data); free(bias.data);
+  free(params.data); free(out.data);
+}
+
+int main(int argc, char** argv) {
+  const int iterations = argc > 1 ? atoi(argv[1]) : 1000;
+  if (argc > 2) state ^= strtoull(argv[2], NULL, 10) * 2654435761ULL;
+  for (int i = 0; i < iterations; ++i) one_case(i);
+  printf("%d cases, %d failures\n", iterations, failures);
+  return failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,63 @@
+/* The gated convolution of sanp-keras, in plain C (no LiteRT dependency).
+ *
+ * out[0, p, q, c] = act((sum_{i,j,r} x[0, p*sh+i-pt, q*sw+j-pl, r] * w[c, i, j, r] + b[c])
+ *                       * scale[c])
+ * computed only for the open channels (scale[c] != 0) and over the live input
+ * channels (r with x[..., r] not zero everywhere); every other output is 0.
+ * scale = d * sigmoid(g) is the gate of METHOD.md eq. 5-6, computed by builtin ops.
+ */
+#ifndef SANP_GATED_CONV_H_
+#define SANP_GATED_CONV_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { SANP_FLOAT32 = 1, SANP_INT32 = 2 }; /* LiteRtElementType / TfLiteType codes */
+enum { SANP_MAX_RANK = 8 };
+
+typedef enum {
+  SANP_OK = 0,
+  SANP_ERROR_RANK = 1,
+  SANP_ERROR_DTYPE = 2,
+  SANP_ERROR_SHAPE = 3,
+  SANP_ERROR_PARAMS = 4,
+  SANP_ERROR_SIZE = 5,
+  SANP_ERROR_MEMORY = 6,
+} SanpStatus;
+
+/* A dense tensor view; `bytes` is the size of the buffer behind `data`. */
+typedef struct {
+  int dtype;
+  int rank;
+  int32_t dims[SANP_MAX_RANK];
+  void* data;
+  size_t bytes;
+} SanpTensor;
+
+/* params (int32, shape (H_out, W_out, 8)): its shape carries the output size (the
+ * only thing GetOutputLayouts sees), its first values the geometry:
+ * [stride_h, stride_w, pad_top, pad_left, activation (0 none, 1 relu, 2 relu6)]. */
+enum { SANP_PARAM_COUNT = 8 };
+
+/* Inputs: x (1, H, W, C_in) f32, scale (1, 1, 1, C_out) f32, filter (C_out, kh, kw,
+ * C_in) f32, bias (C_out) f32, params as above. out: (1, H_out, W_out, C_out) f32.
+ * Checks every rank, dtype, shape and buffer size before touching data. */
+SanpStatus sanp_gated_conv2d(const SanpTensor* x, const SanpTensor* scale,
+                             const SanpTensor* filter, const SanpTensor* bias,
+                             const SanpTensor* params, SanpTensor* out);
+
+/* Output shape from the input shapes alone: rank-4 dims into out_dims. */
+SanpStatus sanp_gated_conv2d_output_shape(const SanpTensor* x, const SanpTensor* filter,
+                                          const SanpTensor* params, int32_t out_dims[4]);
+
+const char* sanp_status_message(SanpStatus status);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SANP_GATED_CONV_H_ */

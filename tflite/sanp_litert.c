@@ -1,0 +1,276 @@
+/* LiteRT glue: the SanpGatedConv2D custom op (CustomOpDispatcher) and a small runner.
+ *
+ * The op: inputs (x, scale, filter, bias, params), one output; see sanp_gated_conv.h.
+ * Register it on LiteRtOptions with sanp_register_kernels() before compiling a model
+ * exported with kind="kernels". The runner wraps the CompiledModel API for ctypes
+ * (sanp_keras.export.KernelRunner) and for the latency benchmark.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "litert_abi.h"
+#include "sanp_gated_conv.h"
+
+#define SANP_OP_NAME "SanpGatedConv2D"
+
+/* LiteRT 2.3.0 ignores the status a custom kernel returns, so the last one is also
+ * kept here: the runner turns it into an error of the run. */
+static _Thread_local SanpStatus last_status = SANP_OK;
+
+int sanp_last_kernel_status(void) { return (int)last_status; }
+
+static LiteRtStatus to_litert(SanpStatus s) {
+  return s == SANP_OK ? kLiteRtStatusOk : kLiteRtStatusErrorInvalidArgument;
+}
+
+static void layout_tensor(const LiteRtLayout* layout, int dtype, SanpTensor* t) {
+  memset(t, 0, sizeof(*t));
+  t->dtype = dtype;
+  t->rank = (int)layout->rank;
+  for (int i = 0; i < t->rank && i < SANP_MAX_RANK; ++i) t->dims[i] = layout->dimensions[i];
+}
+
+static LiteRtStatus op_init(void* user_data, const void* data, size_t size) {
+  (void)user_data; (void)data; (void)size;
+  return kLiteRtStatusOk;
+}
+
+static LiteRtStatus op_output_layouts(void* user_data, size_t num_inputs,
+                                      const LiteRtLayout* inputs, size_t num_outputs,
+                                      LiteRtLayout* outputs) {
+  (void)user_data;
+  if (num_inputs != 5 || num_outputs != 1) return kLiteRtStatusErrorInvalidArgument;
+  SanpTensor x, filter, params;
+  layout_tensor(&inputs[0], SANP_FLOAT32, &x);
+  layout_tensor(&inputs[2], SANP_FLOAT32, &filter);
+  layout_tensor(&inputs[4], SANP_INT32, &params);
+  int32_t dims[4];
+  SanpStatus s = sanp_gated_conv2d_output_shape(&x, &filter, &params, dims);
+  last_status = s;
+  if (s != SANP_OK) return to_litert(s);
+  outputs[0].rank = 4;
+  outputs[0].has_strides = 0;
+  for (int i = 0; i < 4; ++i) outputs[0].dimensions[i] = dims[i];
+  return kLiteRtStatusOk;
+}
+
+/* Locks `buffer` and describes it; the caller unlocks it. */
+static LiteRtStatus lock_tensor(LiteRtTensorBuffer buffer, int mode, SanpTensor* t) {
+  LiteRtRankedTensorType type;
+  memset(t, 0, sizeof(*t));
+  if (LiteRtGetTensorBufferTensorType(buffer, &type) != kLiteRtStatusOk ||
+      LiteRtGetTensorBufferSize(buffer, &t->bytes) != kLiteRtStatusOk ||
+      LiteRtLockTensorBuffer(buffer, &t->data, mode) != kLiteRtStatusOk)
+    return kLiteRtStatusErrorRuntimeFailure;
+  t->dtype = type.element_type;
+  t->rank = (int)type.layout.rank;
+  for (int i = 0; i < t->rank && i < SANP_MAX_RANK; ++i)
+    t->dims[i] = type.layout.dimensions[i];
+  return kLiteRtStatusOk;
+}
+
+static LiteRtStatus op_run(void* user_data, size_t num_inputs,
+                           const LiteRtTensorBuffer* inputs, size_t num_outputs,
+                           LiteRtTensorBuffer* outputs) {
+  (void)user_data;
+  if (num_inputs != 5 || num_outputs != 1) {
+    last_status = SANP_ERROR_RANK;
+    return kLiteRtStatusErrorInvalidArgument;
+  }
+  SanpTensor t[6];
+  size_t locked = 0;
+  LiteRtStatus status = kLiteRtStatusOk;
+  for (; locked < 6 && status == kLiteRtStatusOk; ++locked) {
+    LiteRtTensorBuffer b = locked < 5 ? inputs[locked] : outputs[0];
+    status = lock_tensor(b, locked < 5 ? kLiteRtTensorBufferLockModeRead
+                                       : kLiteRtTensorBufferLockModeWrite, &t[locked]);
+  }
+  if (status == kLiteRtStatusOk) {
+    last_status = sanp_gated_conv2d(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5]);
+    status = to_litert(last_status);
+  } else {
+    last_status = SANP_ERROR_SIZE;
+    locked -= 1;  /* the failed lock holds nothing */
+  }
+  for (size_t i = 0; i < locked; ++i) LiteRtUnlockTensorBuffer(i < 5 ? inputs[i] : outputs[0]);
+  return status;
+}
+
+static LiteRtStatus op_destroy(void* user_data) {
+  (void)user_data;
+  return kLiteRtStatusOk;
+}
+
+static const LiteRtCustomOpKernel kGatedConv2D = {op_init, op_output_layouts, op_run,
+                                                   op_destroy};
+
+int sanp_register_kernels(LiteRtOptions options) {
+  return LiteRtAddCustomOpKernelOption(options, SANP_OP_NAME, 1, &kGatedConv2D, NULL);
+}
+
+/* ---------------------------------------------------------------- runner -- */
+
+enum { MAX_IO = 512 };
+
+typedef struct {
+  LiteRtEnvironment env;
+  LiteRtModel model;
+  LiteRtOptions options;
+  LiteRtCompiledModel compiled;
+  LiteRtSignature signature;
+  size_t n_in, n_out;
+  LiteRtTensorBuffer in[MAX_IO], out[MAX_IO];
+  size_t in_bytes[MAX_IO], out_bytes[MAX_IO];
+} SanpRunner;
+
+void sanp_runner_destroy(SanpRunner* r) {
+  if (r == NULL) return;
+  for (size_t i = 0; i < r->n_in; ++i)
+    if (r->in[i]) LiteRtDestroyTensorBuffer(r->in[i]);
+  for (size_t i = 0; i < r->n_out; ++i)
+    if (r->out[i]) LiteRtDestroyTensorBuffer(r->out[i]);
+  if (r->compiled) LiteRtDestroyCompiledModel(r->compiled);
+  if (r->options) LiteRtDestroyOptions(r->options);
+  if (r->model) LiteRtDestroyModel(r->model);
+  if (r->env) LiteRtDestroyEnvironment(r->env);
+  free(r);
+}
+
+static int make_buffer(SanpRunner* r, LiteRtSignature sig, int is_input, size_t i,
+                       LiteRtTensorBuffer* buffer, size_t* bytes) {
+  LiteRtTensor tensor;
+  LiteRtRankedTensorType type;
+  LiteRtTensorBufferRequirements req;
+  if ((is_input ? LiteRtGetSignatureInputTensorByIndex(sig, i, &tensor)
+                : LiteRtGetSignatureOutputTensorByIndex(sig, i, &tensor)) != kLiteRtStatusOk ||
+      LiteRtGetRankedTensorType(tensor, &type) != kLiteRtStatusOk ||
+      (is_input ? LiteRtGetCompiledModelInputBufferRequirements(r->compiled, 0, i, &req)
+                : LiteRtGetCompiledModelOutputBufferRequirements(r->compiled, 0, i, &req)) !=
+          kLiteRtStatusOk ||
+      LiteRtGetTensorBufferRequirementsBufferSize(req, bytes) != kLiteRtStatusOk)
+    return 0;
+  return LiteRtCreateManagedTensorBuffer(r->env, kLiteRtTensorBufferTypeHostMemory, &type,
+                                         *bytes, buffer) == kLiteRtStatusOk;
+}
+
+static void free_payload(void* payload) { free(payload); }
+
+/* Loads and compiles `path` on the CPU (XNNPACK with `threads` threads, 0: default)
+ * with the sanp kernels registered. NULL on failure, with a reason in `error`. */
+SanpRunner* sanp_runner_create(const char* path, int threads, char* error, size_t error_len) {
+  SanpRunner* r = calloc(1, sizeof(SanpRunner));
+  LiteRtSignature sig;
+  const char* step = "out of memory";
+  if (r == NULL) goto fail;
+  step = "LiteRtCreateEnvironment";
+  if (LiteRtCreateEnvironment(0, NULL, &r->env) != kLiteRtStatusOk) goto fail;
+  step = "LiteRtCreateModelFromFile (is the path a .tflite file?)";
+  if (LiteRtCreateModelFromFile(r->env, path, &r->model) != kLiteRtStatusOk) goto fail;
+  step = "LiteRtCreateOptions";
+  if (LiteRtCreateOptions(&r->options) != kLiteRtStatusOk ||
+      LiteRtSetOptionsHardwareAccelerators(r->options, kLiteRtHwAcceleratorCpu) !=
+          kLiteRtStatusOk)
+    goto fail;
+  if (threads > 0) {
+    char* toml = malloc(64);
+    LiteRtOpaqueOptions cpu;
+    step = "CPU options";
+    if (toml == NULL) goto fail;
+    snprintf(toml, 64, "num_threads = %d\n", threads);
+    if (LiteRtCreateOpaqueOptions("xnnpack", toml, free_payload, &cpu) != kLiteRtStatusOk) {
+      free(toml);
+      goto fail;
+    }
+    if (LiteRtAddOpaqueOptions(r->options, cpu) != kLiteRtStatusOk) goto fail;
+  }
+  step = "registering SanpGatedConv2D";
+  if (sanp_register_kernels(r->options) != kLiteRtStatusOk) goto fail;
+  step = "LiteRtCreateCompiledModel";
+  if (LiteRtCreateCompiledModel(r->env, r->model, r->options, &r->compiled) != kLiteRtStatusOk)
+    goto fail;
+  step = "reading the model's signature";
+  if (LiteRtGetModelSignature(r->model, 0, &sig) != kLiteRtStatusOk ||
+      (r->signature = sig) == NULL ||
+      LiteRtGetNumSignatureInputs(sig, &r->n_in) != kLiteRtStatusOk ||
+      LiteRtGetNumSignatureOutputs(sig, &r->n_out) != kLiteRtStatusOk ||
+      r->n_in > MAX_IO || r->n_out > MAX_IO)
+    goto fail;
+  step = "creating tensor buffers";
+  for (size_t i = 0; i < r->n_in; ++i)
+    if (!make_buffer(r, sig, 1, i, &r->in[i], &r->in_bytes[i])) goto fail;
+  for (size_t i = 0; i < r->n_out; ++i)
+    if (!make_buffer(r, sig, 0, i, &r->out[i], &r->out_bytes[i])) goto fail;
+  return r;
+fail:
+  if (error != NULL && error_len > 0) snprintf(error, error_len, "%s failed for %s", step, path);
+  sanp_runner_destroy(r);
+  return NULL;
+}
+
+size_t sanp_runner_num_inputs(const SanpRunner* r) { return r->n_in; }
+size_t sanp_runner_num_outputs(const SanpRunner* r) { return r->n_out; }
+size_t sanp_runner_input_bytes(const SanpRunner* r, size_t i) {
+  return i < r->n_in ? r->in_bytes[i] : 0;
+}
+size_t sanp_runner_output_bytes(const SanpRunner* r, size_t i) {
+  return i < r->n_out ? r->out_bytes[i] : 0;
+}
+const char* sanp_runner_output_name(const SanpRunner* r, size_t i) {
+  const char* name = NULL;
+  if (i >= r->n_out || LiteRtGetSignatureOutputName(r->signature, i, &name) != kLiteRtStatusOk)
+    return NULL;
+  return name;
+}
+
+static int copy(LiteRtTensorBuffer buffer, void* host, size_t bytes, int to_buffer) {
+  void* data;
+  if (LiteRtLockTensorBuffer(buffer, &data, to_buffer ? kLiteRtTensorBufferLockModeWrite
+                                                      : kLiteRtTensorBufferLockModeRead) !=
+      kLiteRtStatusOk)
+    return 0;
+  if (to_buffer) memcpy(data, host, bytes); else memcpy(host, data, bytes);
+  LiteRtUnlockTensorBuffer(buffer);
+  return 1;
+}
+
+int sanp_runner_set_input(SanpRunner* r, size_t i, const void* data, size_t bytes) {
+  if (i >= r->n_in || bytes != r->in_bytes[i]) return -1;
+  return copy(r->in[i], (void*)data, bytes, 1) ? 0 : -2;
+}
+
+int sanp_runner_get_output(SanpRunner* r, size_t i, void* data, size_t bytes) {
+  if (i >= r->n_out || bytes != r->out_bytes[i]) return -1;
+  return copy(r->out[i], data, bytes, 0) ? 0 : -2;
+}
+
+/* 0 on success; -1 if LiteRT failed; a SanpStatus (> 0) if a kernel refused. */
+int sanp_runner_invoke(SanpRunner* r) {
+  last_status = SANP_OK;
+  if (LiteRtRunCompiledModel(r->compiled, 0, r->n_in, r->in, r->n_out, r->out) !=
+      kLiteRtStatusOk)
+    return -1;
+  return (int)last_status;
+}
+
+static double now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
+/* Times `runs` invocations after `warmup` ones, writing each in milliseconds. */
+int sanp_runner_time(SanpRunner* r, int warmup, int runs, double* times_ms) {
+  for (int i = 0; i < warmup; ++i) {
+    int s = sanp_runner_invoke(r);
+    if (s != 0) return s;
+  }
+  for (int i = 0; i < runs; ++i) {
+    const double start = now_ms();
+    int s = sanp_runner_invoke(r);
+    times_ms[i] = now_ms() - start;
+    if (s != 0) return s;
+  }
+  return 0;
+}
