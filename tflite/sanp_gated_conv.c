@@ -3,10 +3,15 @@
  * Layout of the work (batch 1):
  *   1. open output channels (scale != 0) and live input channels (non-zero) are
  *      listed: k_out and k_in of them;
- *   2. the live input channels are copied into a zero-padded (Hp, Wp, k_in) map, and
- *      the open filters into panels of 16 channels, (taps, k_in, 16);
- *   3. a 4-pixel x 16-channel register-blocked microkernel accumulates
- *      taps * k_in products: MACs fall with k_in * k_out, as the FLOPs counter says;
+ *   2. layers with few pixels and many filters (pixels < 4 k_out): the live inputs
+ *      are unfolded into a transposed im2col matrix A, in blocks of 16 pixels of
+ *      (taps * k_in, 16) each, and a 6-channel x 16-pixel register-blocked kernel
+ *      reads the filters in place (C_out, kh, kw, C_in rows, TFLite's own layout: no
+ *      weight packing), one broadcast per open channel and live input;
+ *   3. layers with many pixels: the live inputs are packed into a zero-padded
+ *      (Hp, Wp, k_in) map, the open filters into panels of 16, and a 6-pixel x
+ *      16-channel kernel broadcasts inputs against two vectors of filters;
+ *      either way MACs fall with k_in * k_out, as the FLOPs counter says;
  *   4. bias, scale and activation are applied and scattered to the open channels;
  *      every other output is 0.
  * Vectors are GCC/Clang vector extensions: AVX2 + FMA on x86-64 with -march, two
@@ -19,7 +24,7 @@
 
 typedef float v8f __attribute__((vector_size(32)));
 
-enum { PANEL = 16, ROWS = 4 };
+enum { PIXELS = 16, CHANNELS = 6, PANEL = 16, ROWS = 6 };
 
 const char* sanp_status_message(SanpStatus status) {
   switch (status) {
@@ -95,25 +100,129 @@ static inline float activate(float v, int act) {
   return v;
 }
 
-/* acc[m] += sum over taps and live channels of a[m] * panel, m < ROWS pixels. */
-static void microkernel(const float* const a[ROWS], const int* tap_offset, int taps,
-                        int k_in, const float* panel, v8f acc[ROWS][2]) {
-  for (int m = 0; m < ROWS; ++m) acc[m][0] = acc[m][1] = (v8f){0};
+/* acc[m] = sum_k w[m][index[k]] * a[k][0:16] for CHANNELS filter rows w[m], a being
+ * (depth, 16) contiguous; with `wide` false only the first 8 pixels are computed. */
+static void filter_rows_kernel(const float* const w[CHANNELS], const int* index, int depth,
+                        const float* a, int wide, v8f acc[CHANNELS][2]) {
+  v8f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
+  v8f c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
+  const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3], *w4 = w[4], *w5 = w[5];
+  if (wide) {
+    for (int k = 0; k < depth; ++k, a += PIXELS) {
+      const v8f a0 = *(const v8f*)a;
+      const v8f a1 = *(const v8f*)(a + 8);
+      const int i = index[k];
+      c00 += w0[i] * a0; c01 += w0[i] * a1;
+      c10 += w1[i] * a0; c11 += w1[i] * a1;
+      c20 += w2[i] * a0; c21 += w2[i] * a1;
+      c30 += w3[i] * a0; c31 += w3[i] * a1;
+      c40 += w4[i] * a0; c41 += w4[i] * a1;
+      c50 += w5[i] * a0; c51 += w5[i] * a1;
+    }
+  } else {
+    for (int k = 0; k < depth; ++k, a += PIXELS) {
+      const v8f a0 = *(const v8f*)a;
+      const int i = index[k];
+      c00 += w0[i] * a0; c10 += w1[i] * a0; c20 += w2[i] * a0;
+      c30 += w3[i] * a0; c40 += w4[i] * a0; c50 += w5[i] * a0;
+    }
+  }
+  acc[0][0] = c00; acc[0][1] = c01; acc[1][0] = c10; acc[1][1] = c11;
+  acc[2][0] = c20; acc[2][1] = c21; acc[3][0] = c30; acc[3][1] = c31;
+  acc[4][0] = c40; acc[4][1] = c41; acc[5][0] = c50; acc[5][1] = c51;
+}
+
+/* acc[m] = sum over taps and live inputs of a[m] * panel, for ROWS pixel rows a[m] of a
+ * packed (hp, wp, k_in) input map and a packed (taps, k_in, 16) panel of open filters. */
+static void pixel_rows_kernel(const float* const a[ROWS], const int* tap_offset, int taps,
+                              int k_in, const float* panel, v8f acc[ROWS][2]) {
+  v8f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
+  v8f c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
   for (int t = 0; t < taps; ++t) {
     const float* a0 = a[0] + tap_offset[t];
     const float* a1 = a[1] + tap_offset[t];
     const float* a2 = a[2] + tap_offset[t];
     const float* a3 = a[3] + tap_offset[t];
+    const float* a4 = a[4] + tap_offset[t];
+    const float* a5 = a[5] + tap_offset[t];
     const float* w = panel + (size_t)t * k_in * PANEL;
     for (int r = 0; r < k_in; ++r, w += PANEL) {
       const v8f w0 = *(const v8f*)w;
       const v8f w1 = *(const v8f*)(w + 8);
-      acc[0][0] += a0[r] * w0; acc[0][1] += a0[r] * w1;
-      acc[1][0] += a1[r] * w0; acc[1][1] += a1[r] * w1;
-      acc[2][0] += a2[r] * w0; acc[2][1] += a2[r] * w1;
-      acc[3][0] += a3[r] * w0; acc[3][1] += a3[r] * w1;
+      c00 += a0[r] * w0; c01 += a0[r] * w1;
+      c10 += a1[r] * w0; c11 += a1[r] * w1;
+      c20 += a2[r] * w0; c21 += a2[r] * w1;
+      c30 += a3[r] * w0; c31 += a3[r] * w1;
+      c40 += a4[r] * w0; c41 += a4[r] * w1;
+      c50 += a5[r] * w0; c51 += a5[r] * w1;
     }
   }
+  acc[0][0] = c00; acc[0][1] = c01; acc[1][0] = c10; acc[1][1] = c11;
+  acc[2][0] = c20; acc[2][1] = c21; acc[3][0] = c30; acc[3][1] = c31;
+  acc[4][0] = c40; acc[4][1] = c41; acc[5][0] = c50; acc[5][1] = c51;
+}
+
+/* Many pixels, few filters: the input is packed once, the open filters into panels. */
+static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const float* ws,
+                                  const float* bs, const float* sc, const int* open,
+                                  int k_out, const int* live, int k_in, float* ys) {
+  const int pixels = g->out_h * g->out_w, taps = g->kh * g->kw;
+  const int hp = (g->out_h - 1) * g->sh + g->kh, wp = (g->out_w - 1) * g->sw + g->kw;
+  const int panels = (k_out + PANEL - 1) / PANEL;
+  const size_t k_in_alloc = k_in > 0 ? (size_t)k_in : 1;
+  const size_t panel_bytes = sizeof(float) * (size_t)taps * k_in_alloc * PANEL * panels;
+  float* packed_x = calloc((size_t)hp * wp * k_in_alloc, sizeof(float));
+  float* packed_w = aligned_alloc(64, (panel_bytes + 63) / 64 * 64);
+  int* tap_offset = malloc(sizeof(int) * (size_t)taps);
+  if (packed_x == NULL || packed_w == NULL || tap_offset == NULL) {
+    free(packed_x); free(packed_w); free(tap_offset);
+    return SANP_ERROR_MEMORY;
+  }
+  for (int i = 0; i < hp; ++i) {  /* zero-padded map of the live inputs */
+    const int ih = i - g->pt;
+    if (ih < 0 || ih >= g->h) continue;
+    for (int j = 0; j < wp; ++j) {
+      const int iw = j - g->pl;
+      if (iw < 0 || iw >= g->w) continue;
+      const float* src = xs + ((size_t)ih * g->w + iw) * g->c_in;
+      float* dst = packed_x + ((size_t)i * wp + j) * k_in;
+      for (int r = 0; r < k_in; ++r) dst[r] = src[live[r]];
+    }
+  }
+  memset(packed_w, 0, panel_bytes);  /* panels (taps, k_in, 16), zero in unused lanes */
+  for (int n = 0; n < k_out; ++n) {
+    const float* src = ws + (size_t)open[n] * taps * g->c_in;
+    float* dst = packed_w + (size_t)(n / PANEL) * taps * k_in * PANEL + n % PANEL;
+    for (int t = 0; t < taps; ++t)
+      for (int r = 0; r < k_in; ++r)
+        dst[((size_t)t * k_in + r) * PANEL] = src[(size_t)t * g->c_in + live[r]];
+  }
+  for (int i = 0; i < g->kh; ++i)
+    for (int j = 0; j < g->kw; ++j) tap_offset[i * g->kw + j] = (i * wp + j) * k_in;
+  for (int panel = 0; panel < panels; ++panel) {
+    const int lanes = k_out - panel * PANEL < PANEL ? k_out - panel * PANEL : PANEL;
+    for (int p0 = 0; p0 < pixels; p0 += ROWS) {
+      const float* a[ROWS];
+      for (int m = 0; m < ROWS; ++m) {
+        const int p = p0 + m < pixels ? p0 + m : p0;  /* tail rows repeat a valid pixel */
+        a[m] = packed_x + ((size_t)(p / g->out_w) * g->sh * wp +
+                           (size_t)(p % g->out_w) * g->sw) * k_in;
+      }
+      v8f acc[ROWS][2];
+      pixel_rows_kernel(a, tap_offset, taps, k_in,
+                        packed_w + (size_t)panel * taps * k_in * PANEL, acc);
+      for (int m = 0; m < ROWS && p0 + m < pixels; ++m) {
+        float* dst = ys + (size_t)(p0 + m) * g->c_out;
+        for (int l = 0; l < lanes; ++l) {
+          const int c = open[panel * PANEL + l];
+          const float v = (l < 8 ? acc[m][0][l] : acc[m][1][l - 8]) + bs[c];
+          dst[c] = activate(v * sc[c], g->act);
+        }
+      }
+    }
+  }
+  free(packed_x); free(packed_w); free(tap_offset);
+  return SANP_OK;
 }
 
 SanpStatus sanp_gated_conv2d(const SanpTensor* x, const SanpTensor* scale,
@@ -138,80 +247,76 @@ SanpStatus sanp_gated_conv2d(const SanpTensor* x, const SanpTensor* scale,
   const float* bs = (const float*)bias->data;
   float* ys = (float*)out->data;
   const int pixels = g.out_h * g.out_w, taps = g.kh * g.kw;
-  const int hp = (g.out_h - 1) * g.sh + g.kh, wp = (g.out_w - 1) * g.sw + g.kw;
+  const size_t row = (size_t)(pixels + PIXELS - 1) / PIXELS * PIXELS;  /* A's row length */
+  const size_t filter_row = (size_t)taps * g.c_in;
 
-  int* open = malloc(sizeof(int) * (size_t)(g.c_out + g.c_in + taps));
+  int* open = malloc(sizeof(int) * ((size_t)g.c_out + g.c_in + (size_t)taps * g.c_in));
   if (open == NULL) return SANP_ERROR_MEMORY;
   int* live = open + g.c_out;
-  int* tap_offset = live + g.c_in;
+  int* index = live + g.c_in;  /* filter-row offset of each row of A */
   int k_out = 0, k_in = 0;
   for (int c = 0; c < g.c_out; ++c)
     if (sc[c] != 0.0f) open[k_out++] = c;
-  for (int r = 0; r < g.c_in; ++r) {
-    for (size_t i = (size_t)r; i < (size_t)g.h * g.w * g.c_in; i += (size_t)g.c_in) {
-      if (xs[i] != 0.0f) { live[k_in++] = r; break; }
-    }
+  /* live[] first holds a 0/1 flag per input channel, from one pass over x. */
+  memset(live, 0, sizeof(int) * (size_t)g.c_in);
+  for (size_t p = 0; p < (size_t)g.h * g.w; ++p) {
+    const float* px = xs + p * g.c_in;
+    for (int r = 0; r < g.c_in; ++r) live[r] |= px[r] != 0.0f;
   }
+  for (int r = 0; r < g.c_in; ++r)
+    if (live[r]) live[k_in++] = r;
   memset(ys, 0, sizeof(float) * (size_t)pixels * g.c_out);
   if (k_out == 0) { free(open); return SANP_OK; }
-
-  const int panels = (k_out + PANEL - 1) / PANEL;
-  const size_t k_in_alloc = k_in > 0 ? (size_t)k_in : 1;
-  float* packed_x = calloc((size_t)hp * wp * k_in_alloc, sizeof(float));
-  size_t panel_bytes = sizeof(float) * (size_t)taps * k_in_alloc * PANEL * panels;
-  float* packed_w = aligned_alloc(64, (panel_bytes + 63) / 64 * 64);
-  if (packed_x == NULL || packed_w == NULL) {
-    free(open); free(packed_x); free(packed_w);
-    return SANP_ERROR_MEMORY;
+  if (pixels >= 4 * k_out) {  /* early layers: packing the few filters is cheap */
+    s = conv_pixel_rows(&g, xs, ws, bs, sc, open, k_out, live, k_in, ys);
+    free(open);
+    return s;
   }
-  /* Zero-padded map of the live channels: (hp, wp, k_in). */
-  for (int i = 0; i < hp; ++i) {
-    const int ih = i - g.pt;
-    if (ih < 0 || ih >= g.h) continue;
-    for (int j = 0; j < wp; ++j) {
-      const int iw = j - g.pl;
-      if (iw < 0 || iw >= g.w) continue;
-      const float* src = xs + ((size_t)ih * g.w + iw) * g.c_in;
-      float* dst = packed_x + ((size_t)i * wp + j) * k_in;
-      for (int r = 0; r < k_in; ++r) dst[r] = src[live[r]];
+
+  /* A in blocks of 16 pixels, each (taps * k_in, 16) contiguous: element (k, p) at
+   * a[(p / 16) * depth * 16 + k * 16 + p % 16], for tap t = k / k_in, input live[k % k_in]. */
+  const int depth = taps * k_in;
+  const size_t blocks = row / PIXELS, block = (size_t)depth * PIXELS;
+  float* a = aligned_alloc(64, sizeof(float) * (block > 0 ? block * blocks : PIXELS));
+  if (a == NULL) { free(open); return SANP_ERROR_MEMORY; }
+  memset(a, 0, sizeof(float) * block * blocks);
+  for (int t = 0; t < taps; ++t)
+    for (int r = 0; r < k_in; ++r) index[t * k_in + r] = t * g.c_in + live[r];
+  for (int p = 0; p < pixels; ++p) {
+    float* dst = a + (size_t)(p / PIXELS) * block + p % PIXELS;
+    for (int i = 0; i < g.kh; ++i) {
+      const int ih = p / g.out_w * g.sh + i - g.pt;
+      if (ih < 0 || ih >= g.h) continue;
+      for (int j = 0; j < g.kw; ++j) {
+        const int iw = p % g.out_w * g.sw + j - g.pl;
+        if (iw < 0 || iw >= g.w) continue;
+        const float* src = xs + ((size_t)ih * g.w + iw) * g.c_in;
+        float* d = dst + (size_t)(i * g.kw + j) * k_in * PIXELS;
+        for (int r = 0; r < k_in; ++r) d[(size_t)r * PIXELS] = src[live[r]];
+      }
     }
   }
-  /* Panels of 16 open filters: (panels, taps, k_in, 16), zero in unused lanes. */
-  memset(packed_w, 0, panel_bytes);
-  for (int n = 0; n < k_out; ++n) {
-    const float* src = ws + (size_t)open[n] * taps * g.c_in;
-    float* dst = packed_w + (size_t)(n / PANEL) * taps * k_in * PANEL + n % PANEL;
-    for (int t = 0; t < taps; ++t)
-      for (int r = 0; r < k_in; ++r)
-        dst[((size_t)t * k_in + r) * PANEL] = src[(size_t)t * g.c_in + live[r]];
-  }
-  for (int i = 0; i < g.kh; ++i)
-    for (int j = 0; j < g.kw; ++j) tap_offset[i * g.kw + j] = (i * wp + j) * k_in;
 
-  for (int p0 = 0; p0 < pixels; p0 += ROWS) {
-    const float* a[ROWS];
-    for (int m = 0; m < ROWS; ++m) {
-      const int p = p0 + m < pixels ? p0 + m : p0;  /* tail rows repeat a valid pixel */
-      const int oh = p / g.out_w, ow = p % g.out_w;
-      a[m] = packed_x + ((size_t)oh * g.sh * wp + (size_t)ow * g.sw) * k_in;
-    }
-    for (int panel = 0; panel < panels; ++panel) {
-      v8f acc[ROWS][2];
-      microkernel(a, tap_offset, taps, k_in,
-                  packed_w + (size_t)panel * taps * k_in * PANEL, acc);
-      const int lanes = k_out - panel * PANEL < PANEL ? k_out - panel * PANEL : PANEL;
-      for (int m = 0; m < ROWS && p0 + m < pixels; ++m) {
-        float* row = ys + (size_t)(p0 + m) * g.c_out;
-        for (int l = 0; l < lanes; ++l) {
-          const int c = open[panel * PANEL + l];
+  for (size_t b = 0; b < blocks; ++b) {
+    const size_t p0 = b * PIXELS;
+    const int count = pixels - (int)p0 < PIXELS ? pixels - (int)p0 : PIXELS;
+    for (int c0 = 0; c0 < k_out; c0 += CHANNELS) {
+      const float* w[CHANNELS];
+      for (int m = 0; m < CHANNELS; ++m)  /* tail rows repeat a valid filter */
+        w[m] = ws + (size_t)open[c0 + m < k_out ? c0 + m : c0] * filter_row;
+      v8f acc[CHANNELS][2];
+      filter_rows_kernel(w, index, depth, a + b * block, count > 8, acc);
+      for (int m = 0; m < CHANNELS && c0 + m < k_out; ++m) {
+        const int c = open[c0 + m];
+        float* dst = ys + p0 * (size_t)g.c_out + c;
+        for (int l = 0; l < count; ++l) {
           const float v = (l < 8 ? acc[m][0][l] : acc[m][1][l - 8]) + bs[c];
-          row[c] = activate(v * sc[c], g.act);
+          dst[(size_t)l * g.c_out] = activate(v * sc[c], g.act);
         }
       }
     }
   }
   free(open);
-  free(packed_x);
-  free(packed_w);
+  free(a);
   return SANP_OK;
 }

@@ -44,7 +44,7 @@ typedef struct {
 enum { SANP_PARAM_COUNT = 8 };
 
 /* Inputs: x (1, H, W, C_in) f32, scale (1, 1, 1, C_out) f32, filter (C_out, kh, kw,
- * C_in) f32, bias (C_out) f32, params as above. out: (1, H_out, W_out, C_out) f32.
+ * C_in) f32 (TFLite's CONV_2D layout), bias (C_out) f32, params as above. out: (1, H_out, W_out, C_out) f32.
  * Checks every rank, dtype, shape and buffer size before touching data. */
 SanpStatus sanp_gated_conv2d(const SanpTensor* x, const SanpTensor* scale,
                              const SanpTensor* filter, const SanpTensor* bias,

@@ -1,0 +1,207 @@
+"""Batch-1 latency of the exports, side by side in one run, and their parity with Keras.
+
+For each backbone and budget, takes a gated model trained by the pipeline (a quick run
+of `examples/train_cifar.py` on the embedded sample, trained here if missing), then
+exports and times, through the same LiteRT runtime (CompiledModel, XNNPACK on):
+
+- dense: the plain backbone (every gate stripped);
+- thinned: the same architecture made statically narrower to the gated model's mean
+  open channel counts (`_thinned.py`), the practical ceiling;
+- masked, portable, kernels: the three `export_tflite` kinds.
+
+Reports the median of `--runs` runs after `--warmup`, at 1 and 2 threads, the realized
+speed-up t_dense / t and its ratio to the theoretical one (dense MACs / mean gated
+MACs). Parity: on `--parity_images` test images, the share of (sample, channel)
+decisions and of top-1 labels equal to Keras, and the largest logit difference.
+
+    python bench/latency.py --backbones=resnet20,mcifarnet,resnet18,vgg19 \
+        --budgets=0.5,0.33 --output=bench/results/latency
+
+Writes `<output>.json` and `<output>.md` with the command that produced them.
+"""
+
+import importlib.util
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+import _results as results  # noqa: E402  (bench/ is on the path when run as a script)
+import _thinned  # noqa: E402
+import sanp_keras as sk  # noqa: E402
+from sanp_keras import datasets  # noqa: E402
+from sanp_keras import export  # noqa: E402
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "train_cifar.py")
+spec = importlib.util.spec_from_file_location("train_cifar", EXAMPLE)
+example = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(example)  # defines the example's flags too
+
+BACKBONES = flags.DEFINE_list("backbones", ["resnet20", "mcifarnet", "resnet18", "vgg19"],
+                              "Zoo backbones.")
+BUDGETS = flags.DEFINE_list("budgets", ["0.5", "0.33"], "Budgets, fractions of dense MACs.")
+THREADS = flags.DEFINE_list("threads", ["1", "2"], "Thread counts.")
+RUNS = flags.DEFINE_integer("runs", 200, "Timed runs per model (median reported).")
+WARMUP = flags.DEFINE_integer("warmup", 20, "Untimed runs first.")
+PARITY = flags.DEFINE_integer("parity_images", 1000, "Test images of the parity check.")
+MODELS_DIR = flags.DEFINE_string("models_dir", "runs/latency", "Trained models, one per run.")
+QUICK_EPOCHS = flags.DEFINE_list("quick_epochs", ["3", "1", "6"],
+                                 "Backbone, warm-up and fine-tune epochs of the quick runs.")
+OUTPUT = flags.DEFINE_string("output", "bench/results/latency", "Output path stem.")
+TRAIN_ONLY = flags.DEFINE_bool("train_only", False, "Only train the missing quick runs.")
+FLAGS = flags.FLAGS
+KINDS = ("dense", "thinned", "masked", "portable", "kernels")
+
+
+def trained_model(backbone, budget):
+    """The quick run's model for (backbone, budget), trained first if missing.
+
+    A quick run is `examples/train_cifar.py` on the embedded sample: the dense
+    backbone once per backbone, then SANP at each budget from it (resumable).
+    """
+    b, w, f = (int(e) for e in QUICK_EPOCHS.value)
+    dense = os.path.join(MODELS_DIR.value, f"{backbone}_dense")
+    out = os.path.join(MODELS_DIR.value, f"{backbone}_{budget}")
+    if not os.path.exists(os.path.join(out, "model.keras")):
+        if not os.path.exists(os.path.join(dense, "model.keras")):
+            example.run(backbone=backbone, mode="dense", dataset="embedded",
+                        backbone_epochs=b, output_dir=dense, command=results.command_line())
+        example.run(backbone=backbone, budget=budget, dataset="embedded",
+                    pretrained=os.path.join(dense, "model.keras"), warmup_epochs=w,
+                    finetune_epochs=f, output_dir=out, command=results.command_line())
+    return keras.models.load_model(os.path.join(out, "model.keras"))
+
+
+def export_all(model, images, folder):
+    """The five models of one (backbone, budget) as .tflite files, batch 1."""
+    os.makedirs(folder, exist_ok=True)
+    paths = {
+        "dense": export.export_tflite(sk.strip(model), f"{folder}/dense.tflite", "masked",
+                                      batch_size=1),
+        "thinned": export.export_tflite(_thinned.thinned_model(model, images),
+                                        f"{folder}/thinned.tflite", "masked", batch_size=1),
+    }
+    for kind in ("masked", "portable", "kernels"):
+        paths[kind] = export.export_tflite(
+            model, f"{folder}/{kind}.tflite", kind, calibration_data=images,
+            decisions=True, batch_size=1)
+    return paths
+
+
+def parity(model, path, images):
+    """Decision and top-1 agreement with Keras, and the largest logit difference."""
+    runner = export.KernelRunner(path)
+    want = model.predict(images, verbose=0, batch_size=100)
+    decisions = sk.flops.decision_function(model)(images)
+    names = [layer.name for layer in sk.flops.gated_layers(model) if layer.mode != "dense"]
+    outs = [runner.run(images[i : i + 1]) for i in range(len(images))]
+    got = np.concatenate([o["output"] for o in outs])
+    agree = np.concatenate([
+        (np.concatenate([o[f"decisions_{i:03d}"] for o in outs])
+         == np.asarray(decisions[n])).ravel()
+        for i, n in enumerate(names)
+    ])
+    return {
+        "decisions_equal": float(agree.mean()),
+        "top1_equal": float((got.argmax(1) == want.argmax(1)).mean()),
+        "max_logit_diff": float(np.abs(got - want).max()),
+    }
+
+
+def time_models(paths, image, threads):
+    """Median latency (ms) of every model; kinds interleaved so noise hits all alike."""
+    runners = {kind: export.KernelRunner(p, num_threads=threads) for kind, p in paths.items()}
+    samples = {kind: [] for kind in paths}
+    chunk = max(1, RUNS.value // 10)
+    for kind, runner in runners.items():
+        runner.time(image, runs=1, warmup=WARMUP.value)
+    for _ in range(-(-RUNS.value // chunk)):
+        for kind, runner in runners.items():
+            samples[kind].extend(runner.time(image, runs=chunk, warmup=1))
+    return {kind: float(np.median(s)) for kind, s in samples.items()}
+
+
+def measure_one(backbone, budget, images):
+    model = trained_model(backbone, budget)
+    stats = sk.flops.measure(model, images)
+    theoretical = stats["dense_macs"] / stats["mean_macs"]
+    folder = os.path.join(MODELS_DIR.value, f"{backbone}_{budget}", "tflite")
+    paths = export_all(model, images[:256], folder)
+    row = {"backbone": backbone, "budget": budget, "flops_ratio": stats["flops_ratio"],
+           "dense_macs": stats["dense_macs"], "mean_macs": stats["mean_macs"],
+           "theoretical_speedup": theoretical, "latency_ms": {}, "parity": {}}
+    for kind in ("masked", "portable", "kernels"):
+        row["parity"][kind] = parity(model, paths[kind], images)
+        print(f"{backbone} {budget} {kind} parity: {row['parity'][kind]}", flush=True)
+    for threads in (int(t) for t in THREADS.value):
+        row["latency_ms"][threads] = time_models(paths, images[:1], threads)
+        print(f"{backbone} {budget} {threads} thread(s): {row['latency_ms'][threads]}",
+              flush=True)
+    return row
+
+
+def markdown(rows, command):
+    lines = [
+        "# Batch-1 latency of the exports (LiteRT CompiledModel, XNNPACK)", "",
+        f"Command: `{command}`", "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        "shared and noisy: compare figures within a row, measured side by side.", "",
+        "Speed-up = t_dense / t; 'of theory' = speed-up / (dense MACs / mean gated MACs).",
+        "",
+        "| backbone | budget | MACs ratio | theory | threads | dense ms | thinned | masked "
+        "| portable | kernels | kernels of theory |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for threads, t in r["latency_ms"].items():
+            d = t["dense"]
+
+            def cell(kind):
+                return f"{t[kind]:.2f} ms ({d / t[kind]:.2f}x)"
+
+            lines.append(
+                f"| {r['backbone']} | {r['budget']} | {r['flops_ratio']:.3f} "
+                f"| {r['theoretical_speedup']:.2f}x | {threads} | {d:.2f} | {cell('thinned')} "
+                f"| {cell('masked')} | {cell('portable')} | {cell('kernels')} "
+                f"| {d / t['kernels'] / r['theoretical_speedup']:.2f} |"
+            )
+    lines += ["", "Parity with Keras (decisions equal, top-1 equal, max logit difference):", "",
+              "| backbone | budget | kind | decisions | top-1 | max diff |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        for kind, p in r["parity"].items():
+            lines.append(f"| {r['backbone']} | {r['budget']} | {kind} "
+                         f"| {100 * p['decisions_equal']:.3f} % | {100 * p['top1_equal']:.2f} % "
+                         f"| {p['max_logit_diff']:.2e} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    if TRAIN_ONLY.value:
+        for backbone in BACKBONES.value:
+            for budget in (float(b) for b in BUDGETS.value):
+                trained_model(backbone, budget)
+        return
+    data = datasets.load("embedded")
+    images = np.concatenate([x.numpy() for x, _ in datasets.pipeline(
+        data.test, 250, training=False)])[: PARITY.value]
+    rows = []
+    start = time.time()
+    for backbone in BACKBONES.value:
+        for budget in (float(b) for b in BUDGETS.value):
+            rows.append(measure_one(backbone, budget, images))
+            results.write(OUTPUT.value, {"results": rows, "runs": RUNS.value,
+                                         "warmup": WARMUP.value},
+                          markdown(rows, results.command_line()))
+            print(f"[{time.time() - start:.0f} s]", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
