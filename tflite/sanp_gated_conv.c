@@ -162,6 +162,28 @@ static void pixel_rows_kernel(const float* const a[ROWS], const int* tap_offset,
   acc[4][0] = c40; acc[4][1] = c41; acc[5][0] = c50; acc[5][1] = c51;
 }
 
+/* The same for a panel with at most 8 open filters: 12 pixel rows x 8 channels. */
+static void pixel_rows_kernel_narrow(const float* const a[2 * ROWS], const int* tap_offset,
+                                     int taps, int k_in, const float* panel,
+                                     v8f acc[2 * ROWS]) {
+  v8f c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0};
+  v8f c6 = {0}, c7 = {0}, c8 = {0}, c9 = {0}, c10 = {0}, c11 = {0};
+  for (int t = 0; t < taps; ++t) {
+    const float* b[2 * ROWS];
+    for (int m = 0; m < 2 * ROWS; ++m) b[m] = a[m] + tap_offset[t];
+    const float* w = panel + (size_t)t * k_in * PANEL;
+    for (int r = 0; r < k_in; ++r, w += PANEL) {
+      const v8f w0 = *(const v8f*)w;
+      c0 += b[0][r] * w0; c1 += b[1][r] * w0; c2 += b[2][r] * w0;
+      c3 += b[3][r] * w0; c4 += b[4][r] * w0; c5 += b[5][r] * w0;
+      c6 += b[6][r] * w0; c7 += b[7][r] * w0; c8 += b[8][r] * w0;
+      c9 += b[9][r] * w0; c10 += b[10][r] * w0; c11 += b[11][r] * w0;
+    }
+  }
+  acc[0] = c0; acc[1] = c1; acc[2] = c2; acc[3] = c3; acc[4] = c4; acc[5] = c5;
+  acc[6] = c6; acc[7] = c7; acc[8] = c8; acc[9] = c9; acc[10] = c10; acc[11] = c11;
+}
+
 /* Many pixels, few filters: the input is packed once, the open filters into panels. */
 static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const float* ws,
                                   const float* bs, const float* sc, const int* open,
@@ -201,7 +223,25 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
     for (int j = 0; j < g->kw; ++j) tap_offset[i * g->kw + j] = (i * wp + j) * k_in;
   for (int panel = 0; panel < panels; ++panel) {
     const int lanes = k_out - panel * PANEL < PANEL ? k_out - panel * PANEL : PANEL;
-    for (int p0 = 0; p0 < pixels; p0 += ROWS) {
+    const float* weights = packed_w + (size_t)panel * taps * k_in * PANEL;
+    for (int p0 = 0; lanes <= 8 && p0 < pixels; p0 += 2 * ROWS) {
+      const float* a[2 * ROWS];
+      for (int m = 0; m < 2 * ROWS; ++m) {
+        const int p = p0 + m < pixels ? p0 + m : p0;  /* tail rows repeat a valid pixel */
+        a[m] = packed_x + ((size_t)(p / g->out_w) * g->sh * wp +
+                           (size_t)(p % g->out_w) * g->sw) * k_in;
+      }
+      v8f acc[2 * ROWS];
+      pixel_rows_kernel_narrow(a, tap_offset, taps, k_in, weights, acc);
+      for (int m = 0; m < 2 * ROWS && p0 + m < pixels; ++m) {
+        float* dst = ys + (size_t)(p0 + m) * g->c_out;
+        for (int l = 0; l < lanes; ++l) {
+          const int c = open[panel * PANEL + l];
+          dst[c] = activate((acc[m][l] + bs[c]) * sc[c], g->act);
+        }
+      }
+    }
+    for (int p0 = 0; lanes > 8 && p0 < pixels; p0 += ROWS) {
       const float* a[ROWS];
       for (int m = 0; m < ROWS; ++m) {
         const int p = p0 + m < pixels ? p0 + m : p0;  /* tail rows repeat a valid pixel */
@@ -209,8 +249,7 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
                            (size_t)(p % g->out_w) * g->sw) * k_in;
       }
       v8f acc[ROWS][2];
-      pixel_rows_kernel(a, tap_offset, taps, k_in,
-                        packed_w + (size_t)panel * taps * k_in * PANEL, acc);
+      pixel_rows_kernel(a, tap_offset, taps, k_in, weights, acc);
       for (int m = 0; m < ROWS && p0 + m < pixels; ++m) {
         float* dst = ys + (size_t)(p0 + m) * g->c_out;
         for (int l = 0; l < lanes; ++l) {
@@ -257,11 +296,17 @@ SanpStatus sanp_gated_conv2d(const SanpTensor* x, const SanpTensor* scale,
   int k_out = 0, k_in = 0;
   for (int c = 0; c < g.c_out; ++c)
     if (sc[c] != 0.0f) open[k_out++] = c;
-  /* live[] first holds a 0/1 flag per input channel, from one pass over x. */
+  /* live[] first holds a 0/1 flag per input channel, from a pass over x that stops
+   * once every channel has shown a non-zero value. */
   memset(live, 0, sizeof(int) * (size_t)g.c_in);
   for (size_t p = 0; p < (size_t)g.h * g.w; ++p) {
     const float* px = xs + p * g.c_in;
     for (int r = 0; r < g.c_in; ++r) live[r] |= px[r] != 0.0f;
+    if ((p & 7) == 7) {
+      int all = 1;
+      for (int r = 0; r < g.c_in && all; ++r) all = live[r];
+      if (all) break;
+    }
   }
   for (int r = 0; r < g.c_in; ++r)
     if (live[r]) live[k_in++] = r;

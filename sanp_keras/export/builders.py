@@ -105,9 +105,11 @@ def portable_conv(x, folded, always_on=None):
     """Batch-1 convolution over live inputs and open outputs. Returns (y, decisions).
 
     always_on: indices of the output channels computed by a static convolution
-    (open for every calibration sample); the rest are gathered per sample.
+    (open for every calibration sample); the rest are gathered per sample. The
+    string "dense" keeps the whole layer a dense CONV_2D times its gates (faster for
+    a layer that prunes little).
     """
-    if folded.gate.mode == "dense":
+    if folded.gate.mode == "dense" or (isinstance(always_on, str) and always_on == "dense"):
         return masked_conv(x, folded)
     c_in, c_out = folded.kernel.shape[2], folded.filters
     d, scale = gate_scale(x, folded.gate)  # (1, C_out) x2
@@ -167,12 +169,21 @@ def portable_conv(x, folded, always_on=None):
     return _activate(y * scale[:, None, None, :], folded.activation), d
 
 
-def kernels_conv(x, folded, always_on=None):
-    """The masked form, that `patching.py` turns into a custom op; a static gate is
-    known at export, so that layer becomes a statically thinned builtin convolution."""
+def kernels_conv(x, folded, builtin=False):
+    """The masked form, that `patching.py` turns into a custom op.
+
+    A static gate is known at export: that layer becomes a statically thinned builtin
+    convolution. With `builtin`, the layer stays a dense CONV_2D (XNNPACK) times its
+    scale, which is faster for a layer that prunes little: its scale is given the
+    shape (1, 1, C) rather than (1, 1, 1, C), which `patching.py` leaves alone.
+    """
     if folded.gate.mode == "static":
         return portable_conv(x, folded)
-    return masked_conv(x, folded)
+    if not builtin or folded.gate.mode == "dense":
+        return masked_conv(x, folded)
+    y = _conv(x, folded.kernel, folded.bias, folded)
+    d, scale = gate_scale(x, folded.gate)
+    return _activate(y * scale[:, None, :], folded.activation), d
 
 
 def depthwise(x, decisions, folded):
@@ -184,14 +195,15 @@ def depthwise(x, decisions, folded):
     return _activate(y, folded.activation)
 
 
-def inference_function(model, kind, always_on=None, decisions=False, batch_size=None):
+def inference_function(model, kind, plan=None, decisions=False, batch_size=None):
     """A `tf.function` computing `model`'s inference output with the `kind` graph.
 
     Args:
         model: a built Keras model holding SPMConv2D layers.
         kind: one of KINDS.
-        always_on: dict from SPMConv2D name to the output channels open for every
-            calibration sample (portable only).
+        plan: dict from SPMConv2D name to a per-layer choice: for portable, the output
+            channels open for every calibration sample; for kernels, True to keep the
+            layer a builtin convolution.
         decisions: also return every gate's decisions.
         batch_size: of the input signature; portable and kernels need 1.
 
@@ -204,7 +216,7 @@ def inference_function(model, kind, always_on=None, decisions=False, batch_size=
         raise ValueError(f"Unknown export kind {kind!r}; expected one of {KINDS}.")
     functional = graph.as_functional(model)
     conv_fn = {"portable": portable_conv, "masked": masked_conv, "kernels": kernels_conv}[kind]
-    always_on = always_on or {}
+    plan = plan or {}
     folded = {}
     for layer in functional._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, SPMConv2D):
@@ -221,7 +233,7 @@ def inference_function(model, kind, always_on=None, decisions=False, batch_size=
 
     def call(layer, *args, **kwargs):
         if isinstance(layer, SPMConv2D):
-            y, d = conv_fn(args[0], folded[layer.name], always_on.get(layer.name))
+            y, d = conv_fn(args[0], folded[layer.name], plan.get(layer.name))
             if d is not None:
                 recorded[layer.name] = d
             if kwargs.get("return_decisions", False):

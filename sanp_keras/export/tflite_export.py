@@ -26,6 +26,22 @@ def always_on_channels(model, calibration_data, batch_size=64):
     return {name: np.flatnonzero(mask) for name, mask in opened.items()}
 
 
+KERNEL_COST_RATIO = 0.55
+
+
+def builtin_layers(model, calibration_data, threshold=KERNEL_COST_RATIO):
+    """Per SPMConv2D, whether the `kernels` export keeps it a builtin convolution.
+
+    A layer whose mean MACs on the calibration data exceed `threshold` of its dense
+    MACs runs faster as XNNPACK's dense convolution times its gates than in the
+    custom kernel (which reaches roughly half of XNNPACK's MACs per second here, see
+    tflite/README.md): both are exact, so the choice only moves time.
+    """
+    per_layer = flops.measure(model, calibration_data)["per_layer"]
+    return {name: stats["mean_macs"] > threshold * stats["dense_macs"]
+            for name, stats in per_layer.items() if stats.get("kind") == "conv"}
+
+
 def _convert(function, signature, model):
     """TFLite flatbuffer of a tf.function, builtin ops only (a Flex op fails loudly)."""
     module = tf.Module()
@@ -50,9 +66,10 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
             (dense convolutions times the gates, any batch: the reference), or
             `"kernels"` (batch 1, gated convolutions as `SanpGatedConv2D` custom ops
             run by the C kernels of `tflite/`: see `sanp_keras.export.KernelRunner`).
-        calibration_data: images (N, H, W, C) for `portable`: channels open for all
-            of them get a static, XNNPACK-friendly convolution. Optional; the model
-            stays exact on every input either way.
+        calibration_data: images (N, H, W, C). `portable`: channels open for all of
+            them get a static, XNNPACK-friendly convolution. `kernels`: layers that
+            prune little on them stay builtin convolutions (`builtin_layers`).
+            Optional; the model stays exact on every input either way.
         decisions: add every gate's decisions as outputs "decisions_NNN" (for parity
             checks), besides "output".
         batch_size: the input's batch dimension; None (any) is allowed for `masked`
@@ -63,15 +80,20 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
     """
     if kind not in builders.KINDS:
         raise ValueError(f"Unknown export kind {kind!r}; expected one of {builders.KINDS}.")
-    always_on = None
+    plan = None
     if kind == "portable" and calibration_data is not None:
-        always_on = always_on_channels(model, calibration_data)
+        plan = always_on_channels(model, calibration_data)
+        for name, builtin in builtin_layers(model, calibration_data).items():
+            if builtin:
+                plan[name] = "dense"
+    if kind == "kernels" and calibration_data is not None:
+        plan = builtin_layers(model, calibration_data)
     function, signature = builders.inference_function(
-        model, kind, always_on, decisions=decisions, batch_size=batch_size)
+        model, kind, plan, decisions=decisions, batch_size=batch_size)
     flatbuffer = _convert(function, signature, model)
     if kind == "kernels":
         gated = [layer for layer in flops.gated_layers(model)
-                 if layer.mode in ("sanp", "fixed_k")]
+                 if layer.mode in ("sanp", "fixed_k") and not (plan or {}).get(layer.name)]
         flatbuffer = patching.gated_convs_to_custom_ops(flatbuffer, expected=len(gated))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"

@@ -148,3 +148,24 @@ def test_kernel_fuzz_under_address_sanitizer():
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2000 cases, 0 failures" in result.stdout
+
+
+def test_kernels_export_keeps_little_pruned_layers_builtin(tmp_path):
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = _direct_model()
+    x = _images(model)
+    # "s2" prunes nothing (every gate wide open), "valid" keeps 2 channels of 10.
+    model.get_layer("s2").gate.excite_bias.assign(np.full(12, 50.0))
+    model.get_layer("valid").gate.excite_bias.assign(np.r_[np.full(8, -50.0), 50.0, 50.0])
+    plan = export.tflite_export.builtin_layers(model, x)
+    assert plan["s2"] and not plan["valid"]
+    path = export.export_tflite(model, str(tmp_path / "k.tflite"), "kernels", calibration_data=x)
+    with open(path, "rb") as f:
+        fb = schema.ModelT.InitFromPackedBuf(bytearray(f.read()), 0)
+    codes = [fb.operatorCodes[op.opcodeIndex] for op in fb.subgraphs[0].operators]
+    custom = [c for c in codes if c.customCode in (b"SanpGatedConv2D", "SanpGatedConv2D")]
+    gated = [n for n in ("s2", "valid", "k") if not plan[n]]
+    assert len(custom) == len(gated)
+    np.testing.assert_allclose(export.KernelRunner(path)(x[:1]),
+                               model.predict(x[:1], verbose=0), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,101 @@
+"""Exports a trained gated model to TFLite / LiteRT and checks it against Keras.
+
+    python examples/export_tflite.py --model=runs/default/model.keras \
+        --kind=portable --output=runs/default/model_portable.tflite
+
+Kinds (see `sanp_keras.export_tflite`):
+- portable: batch 1, builtin ops only, each convolution computed over its open channels;
+  runs in any stock TFLite / LiteRT runtime (the file an Android app ships).
+- masked: dense convolutions times the gates, any batch: the reference.
+- kernels: batch 1, gated convolutions as SanpGatedConv2D custom ops run by the C
+  kernels of tflite/ (built here with `make -C tflite` if missing).
+
+Then it runs `--check_images` test images through the exported file and Keras, and
+prints how many decisions and top-1 labels agree, the largest logit difference and
+the batch-1 latency next to the dense model's.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+import sanp_keras as sk  # noqa: E402
+from sanp_keras import datasets  # noqa: E402
+from sanp_keras import export  # noqa: E402
+
+flags.DEFINE_string("model", "runs/default/model.keras", "A trained gated model (.keras).")
+flags.DEFINE_enum("kind", "portable", ["portable", "masked", "kernels"], "Export kind.")
+flags.DEFINE_string("output", None, "The .tflite to write (default: beside the model).")
+flags.DEFINE_string("dataset", "embedded", "Images for calibration and the check "
+                    "(as examples/train_cifar.py's --dataset).")
+flags.DEFINE_string("data_dir", None, "Folder with the official archive or tfds data.")
+flags.DEFINE_integer("calibration_images", 256, "Images that find always-open channels.")
+flags.DEFINE_integer("check_images", 200, "Test images of the parity check (0: none).")
+flags.DEFINE_integer("threads", 1, "Threads of the latency check.")
+FLAGS = flags.FLAGS
+
+
+def run(model_path, kind="portable", output=None, dataset="embedded", data_dir=None,
+        calibration_images=256, check_images=200, threads=1):
+    """Exports, checks and times; returns a dict of the figures."""
+    if not os.path.exists(model_path):
+        raise FileNotFoundError(
+            f"No model at {model_path!r}: train one first (python examples/train_cifar.py).")
+    model = keras.models.load_model(model_path)
+    output = output or os.path.splitext(model_path)[0] + f"_{kind}.tflite"
+    data = datasets.load(dataset, data_dir)
+    images = np.concatenate([x.numpy() for x, _ in datasets.pipeline(
+        data.test, 256, training=False)])
+    calibration = images[:calibration_images]
+    if kind == "kernels" and not os.path.exists(export.runners.library_path()):
+        print("Building the kernels: make -C tflite")
+        export.build_kernels()
+    print(f"Exporting {model_path} as {kind} to {output} ...")
+    export.export_tflite(model, output, kind, calibration_data=calibration, decisions=True,
+                         batch_size=None if kind == "masked" else 1)
+    print(f"Wrote {output} ({os.path.getsize(output) / 1e6:.1f} MB).")
+    result = {"output": output, "kind": kind}
+    if check_images <= 0:
+        return result
+    test = images[:check_images]
+    runner = export.KernelRunner(output) if kind == "kernels" else export.Interpreter(output)
+    outs = [runner.run(test)] if kind == "masked" else [
+        runner.run(test[i : i + 1]) for i in range(len(test))]
+    got = np.concatenate([o["output"] for o in outs])
+    want = model.predict(test, verbose=0)
+    decisions = sk.flops.decision_function(model)(test)
+    names = [layer.name for layer in sk.flops.gated_layers(model) if layer.mode != "dense"]
+    agree = np.concatenate([
+        (np.concatenate([o[f"decisions_{i:03d}"] for o in outs]) == np.asarray(decisions[n]))
+        .ravel() for i, n in enumerate(names)])
+    result.update(decisions_equal=float(agree.mean()),
+                  top1_equal=float((got.argmax(1) == want.argmax(1)).mean()),
+                  max_logit_diff=float(np.abs(got - want).max()))
+    print(f"Check on {len(test)} images: decisions equal {100 * result['decisions_equal']:.3f} %,"
+          f" top-1 equal {100 * result['top1_equal']:.2f} %,"
+          f" largest logit difference {result['max_logit_diff']:.2e}.")
+    if kind != "masked" and os.path.exists(export.runners.library_path()):
+        dense_path = os.path.splitext(output)[0] + "_dense.tflite"
+        export.export_tflite(sk.strip(model), dense_path, "masked", batch_size=1)
+        times = {name: float(np.median(export.KernelRunner(p, num_threads=threads).time(
+            test[:1], runs=100))) for name, p in (("dense", dense_path), (kind, output))}
+        result["latency_ms"] = times
+        print(f"Batch-1 latency, {threads} thread(s), median of 100: dense "
+              f"{times['dense']:.2f} ms, {kind} {times[kind]:.2f} ms "
+              f"({times['dense'] / times[kind]:.2f}x).")
+    return result
+
+
+def main(argv):
+    del argv
+    run(FLAGS.model, FLAGS.kind, FLAGS.output, FLAGS.dataset, FLAGS.data_dir,
+        FLAGS.calibration_images, FLAGS.check_images, FLAGS.threads)
+
+
+if __name__ == "__main__":
+    app.run(main)
