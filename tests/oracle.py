@@ -66,6 +66,15 @@ def randomize(layer, rng):
     layer.set_weights(values)
 
 
+def randomize_model(model, seed):
+    """`randomize` on every layer of a model that has weights; returns the model."""
+    rng = np.random.RandomState(seed)
+    for layer in model.layers:
+        if layer.weights:
+            randomize(layer, rng)
+    return model
+
+
 def images(n, seed, size=8):
     """Noise plus a per-sample colour offset, so that saliency varies between samples."""
     rng = np.random.RandomState(seed)

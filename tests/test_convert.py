@@ -35,12 +35,7 @@ def _mixed_model():
     x = keras.layers.Add(name="ir_add")([x, e])
     x = keras.layers.Conv2D(5, 1, name="with_bias")(x)  # no batch norm: stays dense
     outputs = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(x))
-    model = keras.Model(inputs, outputs)
-    rng = np.random.RandomState(3)
-    for layer in model.layers:
-        if layer.weights:
-            oracle.randomize(layer, rng)
-    return model
+    return oracle.randomize_model(keras.Model(inputs, outputs), seed=3)
 
 
 def _images(n=12, seed=0):

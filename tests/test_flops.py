@@ -56,12 +56,7 @@ def _branchy_gated_model():
     cat = keras.layers.Concatenate(name="cat")([q, d])
     e = sk.SPMConv2D(5, 3, strides=2, name="e", **kw)(cat)
     f = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(e))
-    model = keras.Model(inputs, f)
-    rng = np.random.RandomState(5)
-    for layer in model.layers:
-        if layer.weights:
-            oracle.randomize(layer, rng)
-    return model
+    return oracle.randomize_model(keras.Model(inputs, f), seed=5)
 
 
 def _images(n, seed):

@@ -27,12 +27,7 @@ def _direct_model():
     x = sk.SPMConv2D(8, 1, mode="static", activation="relu", name="static")(x)
     x = sk.SPMConv2D(6, 3, padding="same", mode="dense", name="dense")(x)
     outputs = keras.layers.Dense(4, name="head")(keras.layers.GlobalAveragePooling2D()(x))
-    model = keras.Model(inputs, outputs)
-    rng = np.random.RandomState(5)
-    for layer in model.layers:
-        if layer.weights:
-            oracle.randomize(layer, rng)
-    return model
+    return oracle.randomize_model(keras.Model(inputs, outputs), seed=5)
 
 
 def _images(model, n=12, seed=0):
