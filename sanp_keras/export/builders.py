@@ -80,7 +80,11 @@ def _same_padding(size, kernel, stride):
 
 
 def _patches(x, kernel_size, strides, padding):
-    """im2col of a batch-1 map with a dynamic channel count: (H' * W', kh * kw * C)."""
+    """im2col of a batch-1 map with a dynamic channel count: (H' * W', kh * kw * C).
+
+    One GATHER of the padded map's pixels with a constant index, rather than a slice
+    per tap: fewer ops for the runtime to re-prepare when the channel count changes.
+    """
     (kh, kw), (sh, sw) = kernel_size, strides
     _, height, width, _ = x.shape
     if padding == "same":
@@ -90,15 +94,15 @@ def _patches(x, kernel_size, strides, padding):
             x = tf.pad(x, [[0, 0], list(pad_h), list(pad_w), [0, 0]])
     else:
         out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
+    padded_w = x.shape[2]
+    pixels = tf.reshape(x, (x.shape[1] * padded_w, -1))  # (Hp * Wp, C)
     if (kh, kw, sh, sw) == (1, 1, 1, 1):
-        return tf.reshape(x, (out_h * out_w, -1)), (out_h, out_w)
-    taps = [
-        x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
-        for i in range(kh)
-        for j in range(kw)
-    ]  # kh * kw of (1, H', W', C)
-    stacked = taps[0] if len(taps) == 1 else tf.concat(taps, axis=3)
-    return tf.reshape(stacked, (out_h * out_w, -1)), (out_h, out_w)
+        return pixels, (out_h, out_w)
+    rows = np.arange(out_h)[:, None, None, None] * sh + np.arange(kh)[None, None, :, None]
+    cols = np.arange(out_w)[None, :, None, None] * sw + np.arange(kw)[None, None, None, :]
+    index = (rows * padded_w + cols).reshape(-1).astype(np.int32)  # (H' W' kh kw,)
+    taps = tf.gather(pixels, index)  # (H' * W' * kh * kw, C)
+    return tf.reshape(taps, (out_h * out_w, -1)), (out_h, out_w)
 
 
 def portable_conv(x, folded, always_on=None):
