@@ -11,19 +11,13 @@ from sanp_keras.export import builders
 from sanp_keras.export import patching
 
 
-def always_on_channels(model, calibration_data, batch_size=64):
+def always_on_channels(model, calibration_data):
     """Per SPMConv2D, the output channels open for every calibration sample.
 
     Returns a dict from layer name to an int array of channel indices.
     """
-    decide = flops.decision_function(model)
-    opened = {}
-    for start in range(0, len(calibration_data), batch_size):
-        batch = np.asarray(calibration_data[start : start + batch_size], np.float32)
-        for name, d in decide(tf.constant(batch)).items():
-            d = np.asarray(d) > 0
-            opened[name] = d.all(axis=0) & opened.get(name, True)
-    return {name: np.flatnonzero(mask) for name, mask in opened.items()}
+    decisions, _ = flops.collect_decisions(model, np.asarray(calibration_data, np.float32))
+    return {name: np.flatnonzero(d.all(axis=0)) for name, d in decisions.items()}
 
 
 KERNEL_COST_RATIO = 0.55
@@ -34,8 +28,8 @@ def builtin_layers(model, calibration_data, threshold=KERNEL_COST_RATIO):
 
     A layer whose mean MACs on the calibration data exceed `threshold` of its dense
     MACs runs faster as XNNPACK's dense convolution times its gates than in the
-    custom kernel (which reaches roughly half of XNNPACK's MACs per second here, see
-    tflite/README.md): both are exact, so the choice only moves time.
+    custom kernel, which does fewer MACs but each more slowly than XNNPACK's
+    hand-tuned dense convolution: both are exact, so the choice only moves time.
     """
     per_layer = flops.measure(model, calibration_data)["per_layer"]
     return {name: stats["mean_macs"] > threshold * stats["dense_macs"]
