@@ -36,7 +36,7 @@ FLAGS = flags.FLAGS
 FLAGS.set_default("dataset", "../shared/data/cifar10")
 FLAGS.set_default("output_dir", "runs/protocol")
 FLAGS.set_default("backbone_epochs", 12)
-FLAGS.set_default("finetune_epochs", 5)
+FLAGS.set_default("finetune_epochs", 4)
 
 
 def run(data, output_dir, budgets, backbone_epochs, warmup_epochs, finetune_epochs,
