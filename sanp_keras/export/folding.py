@@ -52,10 +52,9 @@ class FoldedGate:
 
 
 @dataclasses.dataclass
-class FoldedConv:
-    """A gated convolution with its batch norm folded in.
+class FoldedDepthwise:
+    """A GatedDepthwiseConv2D folded: kernel (kh, kw, C, 1), bias (C,).
 
-    kernel: (kh, kw, C_in, C_out) float32; bias: (C_out,) float32.
     strides: (sh, sw); padding: "same" or "valid"; activation: a key of ACTIVATIONS.
     """
 
@@ -65,23 +64,18 @@ class FoldedConv:
     strides: tuple
     padding: str
     activation: str
-    gate: FoldedGate
+
+
+@dataclasses.dataclass
+class FoldedConv(FoldedDepthwise):
+    """A gated convolution with its batch norm folded in: the fields of FoldedDepthwise
+    with kernel (kh, kw, C_in, C_out) and bias (C_out,), and its gate."""
+
+    gate: FoldedGate = None
 
     @property
     def filters(self):
         return self.kernel.shape[-1]
-
-
-@dataclasses.dataclass
-class FoldedDepthwise:
-    """A GatedDepthwiseConv2D folded: kernel (kh, kw, C, 1), bias (C,)."""
-
-    name: str
-    kernel: np.ndarray
-    bias: np.ndarray
-    strides: tuple
-    padding: str
-    activation: str
 
 
 def _activation_name(layer):
