@@ -44,20 +44,7 @@ def gated_model(backbone, seed=0):
 
 def check(model, kind, path, images):
     runner = export.KernelRunner(path) if kind == "kernels" else export.Interpreter(path)
-    outs = [runner.run(images)] if kind == "masked" else [
-        runner.run(images[i : i + 1]) for i in range(len(images))]
-    got = np.concatenate([o["output"] for o in outs])
-    want = model.predict(images, verbose=0, batch_size=100)
-    decisions = sk.flops.decision_function(model)(images)
-    names = [layer.name for layer in sk.flops.gated_layers(model) if layer.mode != "dense"]
-    agree = np.concatenate([
-        (np.concatenate([o[f"decisions_{i:03d}"] for o in outs]) == np.asarray(decisions[n]))
-        .ravel() for i, n in enumerate(names)])
-    opened = np.mean([np.asarray(decisions[n]).mean() for n in names])
-    return {"decisions_equal": float(agree.mean()),
-            "top1_equal": float((got.argmax(1) == want.argmax(1)).mean()),
-            "max_logit_diff": float(np.abs(got - want).max()),
-            "open_share": float(opened)}
+    return export.parity.compare(model, runner, images, None if kind == "masked" else 1)
 
 
 def markdown(rows, command):
@@ -79,9 +66,7 @@ def markdown(rows, command):
 def main(argv):
     del argv
     export.build_kernels()
-    data = datasets.load("embedded")
-    images = np.concatenate([x.numpy() for x, _ in datasets.pipeline(
-        data.test, 250, training=False)])[: IMAGES.value]
+    images = datasets.normalized(datasets.load("embedded").test, IMAGES.value)
     rows = []
     for backbone in BACKBONES.value:
         model = gated_model(backbone)

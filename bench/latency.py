@@ -97,22 +97,7 @@ def export_all(model, images, folder):
 
 def parity(model, path, images):
     """Decision and top-1 agreement with Keras, and the largest logit difference."""
-    runner = export.KernelRunner(path)
-    want = model.predict(images, verbose=0, batch_size=100)
-    decisions = sk.flops.decision_function(model)(images)
-    names = [layer.name for layer in sk.flops.gated_layers(model) if layer.mode != "dense"]
-    outs = [runner.run(images[i : i + 1]) for i in range(len(images))]
-    got = np.concatenate([o["output"] for o in outs])
-    agree = np.concatenate([
-        (np.concatenate([o[f"decisions_{i:03d}"] for o in outs])
-         == np.asarray(decisions[n])).ravel()
-        for i, n in enumerate(names)
-    ])
-    return {
-        "decisions_equal": float(agree.mean()),
-        "top1_equal": float((got.argmax(1) == want.argmax(1)).mean()),
-        "max_logit_diff": float(np.abs(got - want).max()),
-    }
+    return export.parity.compare(model, export.KernelRunner(path), images)
 
 
 def time_models(paths, image, threads):
@@ -189,9 +174,7 @@ def main(argv):
             for budget in (float(b) for b in BUDGETS.value):
                 trained_model(backbone, budget)
         return
-    data = datasets.load("embedded")
-    images = np.concatenate([x.numpy() for x, _ in datasets.pipeline(
-        data.test, 250, training=False)])[: PARITY.value]
+    images = datasets.normalized(datasets.load("embedded").test, PARITY.value)
     rows = []
     start = time.time()
     for backbone in BACKBONES.value:

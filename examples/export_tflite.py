@@ -48,9 +48,8 @@ def run(model_path, kind="portable", output=None, dataset="embedded", data_dir=N
             f"No model at {model_path!r}: train one first (python examples/train_cifar.py).")
     model = keras.models.load_model(model_path)
     output = output or os.path.splitext(model_path)[0] + f"_{kind}.tflite"
-    data = datasets.load(dataset, data_dir)
-    images = np.concatenate([x.numpy() for x, _ in datasets.pipeline(
-        data.test, 256, training=False)])
+    images = datasets.normalized(datasets.load(dataset, data_dir).test,
+                                 max(calibration_images, check_images))
     calibration = images[:calibration_images]
     if kind == "kernels" and not os.path.exists(export.runners.library_path()):
         print("Building the kernels: make -C tflite")
@@ -64,18 +63,8 @@ def run(model_path, kind="portable", output=None, dataset="embedded", data_dir=N
         return result
     test = images[:check_images]
     runner = export.KernelRunner(output) if kind == "kernels" else export.Interpreter(output)
-    outs = [runner.run(test)] if kind == "masked" else [
-        runner.run(test[i : i + 1]) for i in range(len(test))]
-    got = np.concatenate([o["output"] for o in outs])
-    want = model.predict(test, verbose=0)
-    decisions = sk.flops.decision_function(model)(test)
-    names = [layer.name for layer in sk.flops.gated_layers(model) if layer.mode != "dense"]
-    agree = np.concatenate([
-        (np.concatenate([o[f"decisions_{i:03d}"] for o in outs]) == np.asarray(decisions[n]))
-        .ravel() for i, n in enumerate(names)])
-    result.update(decisions_equal=float(agree.mean()),
-                  top1_equal=float((got.argmax(1) == want.argmax(1)).mean()),
-                  max_logit_diff=float(np.abs(got - want).max()))
+    result.update(export.parity.compare(model, runner, test,
+                                        None if kind == "masked" else 1))
     print(f"Check on {len(test)} images: decisions equal {100 * result['decisions_equal']:.3f} %,"
           f" top-1 equal {100 * result['top1_equal']:.2f} %,"
           f" largest logit difference {result['max_logit_diff']:.2e}.")

@@ -273,6 +273,15 @@ def load_tfds(name, data_dir=None, download=False):
     return ImageData(splits[0], splits[1], list(names), f"tfds {name}")
 
 
+def normalized(split, limit=None):
+    """The first `limit` images of a split (all: None), normalized as `pipeline` does,
+    as one float32 array (N, H, W, C): for calibration, checks and benchmarks."""
+    batches = pipeline(split, 256, training=False)
+    if limit is not None:
+        batches = batches.take(-(-limit // 256))
+    return np.concatenate([x.numpy() for x, _ in batches])[:limit]
+
+
 def pipeline(split, batch_size, training, seed=0, mean=CIFAR_MEAN, std=CIFAR_STD):
     """A tf.data pipeline of `(image, label)` batches, images normalized per channel.
 

@@ -3,6 +3,7 @@
 from sanp_keras.export.runners import Interpreter as Interpreter
 from sanp_keras.export.runners import KernelRunner as KernelRunner
 from sanp_keras.export.runners import build_kernels as build_kernels
+from sanp_keras.export import parity as parity
 from sanp_keras.export import tflite_export as tflite_export
 from sanp_keras.export.tflite_export import always_on_channels as always_on_channels
 from sanp_keras.export.tflite_export import builtin_layers as builtin_layers

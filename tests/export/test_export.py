@@ -44,10 +44,7 @@ def _run(kind, path, x, library=None):
         runner = export.KernelRunner(path, library=library)
     else:
         runner = export.Interpreter(path)
-    if kind == "masked":
-        return runner.run(x)
-    outs = [runner.run(x[i : i + 1]) for i in range(len(x))]
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    return export.parity.run_all(runner, x, None if kind == "masked" else 1)
 
 
 @pytest.mark.parametrize("kind", KINDS)
