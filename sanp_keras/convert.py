@@ -155,7 +155,7 @@ def convert(model, mode="sanp", on_unsupported="warn", **gate_options):
     Args:
         model: a functional or Sequential Keras model with `Conv2D` +
             `BatchNormalization` pairs.
-        mode: `"sanp"`, `"fixed_k"`, `"static"` or `"dense"` (every gate open: the
+        mode: `"sanp"`, `"fixed_k"`, `"static"`, `"fbs"` or `"dense"` (every gate open: the
             outputs equal the original's).
         on_unsupported: `"warn"` (a convolution that cannot be gated stays dense, with
             a warning naming it and why) or `"raise"` (a `ValueError` instead).

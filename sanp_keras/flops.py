@@ -126,7 +126,9 @@ def trace(model):
         overhead = 0
         if isinstance(layer, SPMConv2D) and layer.mode != "dense":
             out_mask = graph.Gate(layer.name, c_out)
-            if layer.mode != "static":
+            if layer.mode == "fbs":  # pooling + one linear layer
+                overhead = _spatial(x.shape) * c_in + (c_in + 1) * c_out
+            elif layer.mode != "static":  # pooling + the SE bottleneck
                 hidden = layer.gate.hidden_units(c_in)
                 overhead = (_spatial(x.shape) * c_in + (c_in + 1) * hidden
                             + (hidden + 1) * c_out)

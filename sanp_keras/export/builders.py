@@ -30,14 +30,19 @@ KINDS = ("portable", "masked", "kernels")
 def gate_scale(x, gate):
     """The gate at inference, in TF ops: (decisions, scale), each (B, C_out).
 
-    scale = d * sigmoid(g) (METHOD.md eq. 5-6); d = 1[g > 0], the best channel
-    always open (sanp, static); the top k scores (fixed_k); all ones (dense).
+    scale = d * sigmoid(g) (METHOD.md eq. 5-6), d * g for fbs; d = 1[g > 0], the
+    best channel always open (sanp, static); the top k scores (fixed_k; fbs: those
+    above 0, and the best); all
+    ones (dense).
     """
     if gate.mode == "dense":
         ones = tf.ones((tf.shape(x)[0], gate.units), x.dtype)
         return ones, ones
     if gate.mode == "static":
         g = tf.broadcast_to(tf.constant(gate.static_scores)[None], (tf.shape(x)[0], gate.units))
+    elif gate.mode == "fbs":
+        s = tf.reduce_mean(tf.abs(x), axis=(1, 2))  # (B, C_in)
+        g = tf.nn.relu(tf.matmul(s, gate.excite_kernel) + gate.excite_bias)  # (B, C_out)
     else:
         s = tf.reduce_mean(x, axis=(1, 2))  # (B, C_in)
         h = tf.nn.relu(tf.matmul(s, gate.squeeze_kernel) + gate.squeeze_bias)  # (B, hidden)
@@ -45,9 +50,13 @@ def gate_scale(x, gate):
     if gate.mode == "fixed_k":
         kth = tf.math.top_k(g, gate.k, sorted=True).values[:, -1:]  # (B, 1)
         d = tf.cast(g >= kth, x.dtype)
-    else:
-        best = tf.one_hot(tf.argmax(g, axis=-1), gate.units, dtype=x.dtype)
-        d = tf.maximum(tf.cast(g > 0, x.dtype), best)
+        return d, d * tf.sigmoid(g)
+    best = tf.one_hot(tf.argmax(g, axis=-1), gate.units, dtype=x.dtype)
+    if gate.mode == "fbs":  # the top k with a non-zero score
+        kth = tf.math.top_k(g, gate.k, sorted=True).values[:, -1:]  # (B, 1)
+        d = tf.maximum(tf.cast(tf.logical_and(g >= kth, g > 0), x.dtype), best)
+        return d, d * g
+    d = tf.maximum(tf.cast(g > 0, x.dtype), best)
     return d, d * tf.sigmoid(g)
 
 

@@ -24,10 +24,12 @@ ACTIVATIONS = {"linear": 0, "relu": 1, "relu6": 2}
 class FoldedGate:
     """A SaliencyGate's inference weights (float32 arrays).
 
-    mode: "sanp", "fixed_k", "static" or "dense".
+    mode: "sanp", "fixed_k", "static", "fbs" or "dense".
     squeeze_kernel (C_in, hidden), squeeze_bias (hidden,), excite_kernel
-    (hidden, C_out), excite_bias (C_out,): the SE branch of sanp / fixed_k.
-    static_scores (C_out,): static mode. k: channels kept by fixed_k.
+    (hidden, C_out), excite_bias (C_out,): the SE branch of sanp / fixed_k; fbs has
+    only excite_kernel (C_in, C_out) and excite_bias, on mean |x|.
+    static_scores (C_out,): static mode, computed once from its learned input.
+    k: channels kept by fixed_k and fbs.
     """
 
     mode: str
@@ -46,6 +48,9 @@ class FoldedGate:
             return np.zeros((batch, self.units), np.float32)
         if self.mode == "static":
             return np.broadcast_to(self.static_scores, (batch, self.units))
+        if self.mode == "fbs":
+            s = np.abs(x).mean(axis=(1, 2))
+            return np.maximum(s @ self.excite_kernel + self.excite_bias, 0.0)
         s = x.mean(axis=(1, 2))
         h = np.maximum(s @ self.squeeze_kernel + self.squeeze_bias, 0.0)
         return h @ self.excite_kernel + self.excite_bias
@@ -108,11 +113,12 @@ def fold_gate(gate):
     if gate.mode in ("sanp", "fixed_k"):
         folded.squeeze_kernel = np.asarray(gate.squeeze_kernel, np.float32)
         folded.squeeze_bias = np.asarray(gate.squeeze_bias, np.float32)
+    if gate.mode in ("sanp", "fixed_k", "fbs"):
         folded.excite_kernel = np.asarray(gate.excite_kernel, np.float32)
         folded.excite_bias = np.asarray(gate.excite_bias, np.float32)
     if gate.mode == "static":
-        folded.static_scores = np.asarray(gate.static_scores, np.float32)
-    if gate.mode == "fixed_k":
+        folded.static_scores = np.asarray(gate.static_scores(), np.float32)
+    if gate.mode in ("fixed_k", "fbs"):
         folded.k = gate.k
     return folded
 

@@ -139,7 +139,7 @@ class KernelRunner:
 
     def time(self, x, runs=200, warmup=20):
         """Latency of `runs` invocations on `x` after `warmup`, in milliseconds (array)."""
-        self(x)
+        self.run(x)
         times = (ctypes.c_double * runs)()
         self._check(self._lib.sanp_runner_time(self._handle, warmup, runs, times), "Timing")
         return np.frombuffer(times, np.float64).copy()

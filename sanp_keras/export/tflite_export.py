@@ -87,7 +87,8 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
     flatbuffer = _convert(function, signature, model)
     if kind == "kernels":
         gated = [layer for layer in flops.gated_layers(model)
-                 if layer.mode in ("sanp", "fixed_k") and not (plan or {}).get(layer.name)]
+                 if layer.mode in ("sanp", "fixed_k", "fbs")
+                 and not (plan or {}).get(layer.name)]
         flatbuffer = patching.gated_convs_to_custom_ops(flatbuffer, expected=len(gated))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"

@@ -1,7 +1,7 @@
 """Argument checks shared by the layers: every error names the argument and echoes
 the value received, as Keras does."""
 
-MODES = ("sanp", "fixed_k", "static", "dense")
+MODES = ("sanp", "fixed_k", "static", "fbs", "dense")
 
 
 def check_mode(mode):

@@ -24,10 +24,21 @@ class SaliencyGate(keras.layers.Layer):
     - `"sanp"`: Improved Semantic Hashing of `g` (see `binarize.py`): noisy, half
       continuous and half discrete in training; exactly `1[g > 0]` in inference,
       where the highest scoring channel also stays open (a layer keeps at least one).
-    - `"static"`: `g` is one learned vector per layer, broadcast to every sample,
-      binarized like `"sanp"` (the paper's STATIC ablation: layer-adaptive only).
+    - `"static"`: the same branch fed with one learned vector `v` (C_in,) in place of
+      `s`, `g = W2 . relu(W1 . v + c1) + c2`, one score vector per layer broadcast to
+      every sample, binarized like `"sanp"` (the paper's STATIC ablation: saliency from
+      a learned vector instead of the input, layer-adaptive only). The same
+      parametrization as SANP keeps the comparison about adaptivity alone: with `g`
+      itself as the only weight, the cost loss moves each score by `gate_speed * lambda`
+      per step, and a short fine-tune barely closes a channel.
     - `"fixed_k"`: the top `k = max(1, round(keep_ratio * units))` scores of each
       sample, no binarization function (the paper's FIXED K ablation).
+    - `"fbs"`: Feature Boosting and Suppression (Gao et al. 2019, eq. 6-8), a baseline:
+      `g = relu(mean_hw(|x|) . W + c)`, one linear layer on the L1-subsampled input
+      (`W` (C_in, units) starts at zero, `c` around `fbs_bias_init`), the top `k`
+      scores kept (k-winners-take-all, as `"fixed_k"`) less those at 0 (their output
+      would be 0 anyway); the kept channels are scaled by `g` itself (`scale`), and
+      training adds the lasso `fbs_l1 * mean_i sum_c g`.
     - `"dense"`: every channel open; the layer holds no weights.
 
     `c2` starts around `bias_init` (3.0 +- 1: `sigmoid(3) = 0.95`) and `W2` at zero, so
@@ -44,12 +55,15 @@ class SaliencyGate(keras.layers.Layer):
         noise_stddev: standard deviation `sigma` of the training noise.
         discrete_fraction: fraction of samples whose forward pass uses the binary code
             in training (ISH uses one half).
-        bias_init, bias_spread: `c2` (and the static vector) start uniform in
+        bias_init, bias_spread: `c2` starts uniform in
             `bias_init +- bias_spread`: open, and distinct so that channels close one
             by one rather than all together.
         kernel_initializer: initializer of `W1`.
         kernel_regularizer: regularizer of `W1` and `W2`.
         seed: seed of the noise and of the discrete/continuous draw.
+        fbs_l1: weight of FBS's lasso on the saliencies (its paper uses 1e-8).
+        fbs_bias_init: FBS's `c` starts uniform in `fbs_bias_init +- 0.1`, so a fresh
+            gate scales channels by about 1 (FBS's `g` replaces the BN scale).
 
     Input shape:
         4D tensor `(batch, height, width, channels)`.
@@ -80,6 +94,8 @@ class SaliencyGate(keras.layers.Layer):
         kernel_initializer="he_normal",
         kernel_regularizer=None,
         seed=None,
+        fbs_l1=1e-8,
+        fbs_bias_init=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -101,11 +117,15 @@ class SaliencyGate(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.seed = seed
+        self.fbs_l1 = _checks.check_float_in(
+            "fbs_l1", fbs_l1, 0.0, math.inf, low_open=False, high_open=True
+        )
+        self.fbs_bias_init = float(fbs_bias_init)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     @property
     def k(self):
-        """Channels kept per sample in `"fixed_k"` mode (at least one)."""
+        """Channels kept per sample in `"fixed_k"` and `"fbs"` modes (at least one)."""
         return max(1, int(round(self.keep_ratio * self.units)))
 
     def hidden_units(self, input_channels):
@@ -118,7 +138,7 @@ class SaliencyGate(keras.layers.Layer):
         bias_init = keras.initializers.RandomUniform(
             self.bias_init - self.bias_spread, self.bias_init + self.bias_spread, seed=self.seed
         )
-        if self.mode in ("sanp", "fixed_k"):
+        if self.mode in ("sanp", "fixed_k", "static"):
             hidden = self.hidden_units(c_in)
             self.squeeze_kernel = self.add_weight(
                 name="squeeze_kernel",
@@ -138,9 +158,23 @@ class SaliencyGate(keras.layers.Layer):
             self.excite_bias = self.add_weight(
                 name="excite_bias", shape=(self.units,), initializer=bias_init
             )
-        elif self.mode == "static":
-            self.static_scores = self.add_weight(
-                name="static_scores", shape=(self.units,), initializer=bias_init
+        if self.mode == "static":
+            self.static_input = self.add_weight(
+                name="static_input", shape=(c_in,), initializer="ones"
+            )
+        elif self.mode == "fbs":
+            self.excite_kernel = self.add_weight(
+                name="excite_kernel",
+                shape=(c_in, self.units),
+                initializer="zeros",
+                regularizer=self.kernel_regularizer,
+            )
+            self.excite_bias = self.add_weight(
+                name="excite_bias",
+                shape=(self.units,),
+                initializer=keras.initializers.RandomUniform(
+                    self.fbs_bias_init - 0.1, self.fbs_bias_init + 0.1, seed=self.seed
+                ),
             )
 
     def saliency(self, inputs):
@@ -149,7 +183,10 @@ class SaliencyGate(keras.layers.Layer):
         if self.mode == "dense":
             return ops.zeros((batch, self.units), dtype=self.compute_dtype)
         if self.mode == "static":
-            return ops.broadcast_to(self.static_scores[None, :], (batch, self.units))
+            return ops.broadcast_to(self.static_scores()[None, :], (batch, self.units))
+        if self.mode == "fbs":
+            s = ops.mean(ops.abs(inputs), axis=(1, 2))  # (B, C_in)
+            return ops.relu(ops.matmul(s, self.excite_kernel) + self.excite_bias)
         s = ops.mean(inputs, axis=(1, 2))  # (B, C_in)
         h = ops.relu(ops.matmul(s, self.squeeze_kernel) + self.squeeze_bias)  # (B, hidden)
         return ops.matmul(h, self.excite_kernel) + self.excite_bias  # (B, units)
@@ -167,11 +204,29 @@ class SaliencyGate(keras.layers.Layer):
             kth = ops.top_k(scores, self.k, sorted=True)[0][:, -1:]  # (B, 1)
             return ops.cast(ops.greater_equal(scores, kth), scores.dtype)
         best = ops.one_hot(ops.argmax(scores, axis=-1), self.units, dtype=scores.dtype)
+        if self.mode == "fbs":  # the top k, less those whose relu'd score is 0
+            kth = ops.top_k(scores, self.k, sorted=True)[0][:, -1:]  # (B, 1)
+            won = ops.logical_and(ops.greater_equal(scores, kth), ops.greater(scores, 0))
+            return ops.maximum(ops.cast(won, scores.dtype), best)
         return ops.maximum(hard_decisions(scores), best)  # (B, units)
+
+    def static_scores(self):
+        """The one score vector of a `"static"` gate, (units,)."""
+        h = ops.relu(ops.matmul(self.static_input[None, :], self.squeeze_kernel)
+                     + self.squeeze_bias)  # (1, hidden)
+        return (ops.matmul(h, self.excite_kernel) + self.excite_bias)[0]
+
+    def scale(self, scores):
+        """The factor on each kept channel: `sigmoid(g)` (SANP eq. 4), `g` for FBS."""
+        if self.mode == "fbs":
+            return scores
+        return ops.sigmoid(scores)
 
     def call(self, inputs, training=None):
         scores = self.saliency(inputs)  # (B, units)
-        if not training or self.mode in ("dense", "fixed_k"):
+        if training and self.mode == "fbs" and self.fbs_l1 > 0:
+            self.add_loss(self.fbs_l1 * ops.mean(ops.sum(scores, axis=-1)))
+        if not training or self.mode in ("dense", "fixed_k", "fbs"):
             return scores, self.hard_decisions(scores)
         noise = keras.random.normal(
             ops.shape(scores),
@@ -209,6 +264,8 @@ class SaliencyGate(keras.layers.Layer):
                     self.kernel_regularizer
                 ),
                 "seed": self.seed,
+                "fbs_l1": self.fbs_l1,
+                "fbs_bias_init": self.fbs_bias_init,
             }
         )
         return config

@@ -17,7 +17,8 @@ class SPMConv2D(keras.layers.Layer):
         y[i, ..., c] = b[i, c] * sigmoid(g[i, c]) * BN(W[c] * x[i])    then `activation`
 
     where `g` and `b` are the saliency scores and decisions of a `SaliencyGate` fed with
-    the layer's *input* `x`, so the decision is known before the convolution runs. The
+    the layer's *input* `x`, so the decision is known before the convolution runs
+    (`mode="fbs"` scales by `g` itself, see `SaliencyGate.scale`). The
     rescaling factor `sigmoid(g)` is bounded and non-negative (it never flips a
     feature's sign) and keeps a gradient for closed channels. In inference a closed
     channel is exactly zero. In `mode="dense"` no gate runs and
@@ -198,7 +199,7 @@ class SPMConv2D(keras.layers.Layer):
             decisions = ops.ones((ops.shape(y)[0], self.filters), dtype=y.dtype)
         else:
             scores, decisions = self.gate(inputs, training=training)  # (B, C_out) x2
-            saliency = ops.sigmoid(scores)  # (B, C_out), g' in METHOD.md
+            saliency = self.gate.scale(scores)  # (B, C_out), g' in METHOD.md
             y = y * (decisions * saliency)[:, None, None, :]
             if training:
                 if self.gates_cost:

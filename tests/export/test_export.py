@@ -19,11 +19,13 @@ KINDS = ("masked", "portable", "kernels")
 
 def _direct_model():
     """SPMConv2D used directly: strides, valid padding, bias, 5x5, in-layer relu / relu6,
-    and one layer per gate mode."""
+    and one layer per gate mode (FBS included)."""
     inputs = keras.Input((9, 9, 3))
     x = sk.SPMConv2D(12, 3, strides=2, padding="same", activation="relu", name="s2")(inputs)
     x = sk.SPMConv2D(10, 3, padding="valid", use_bias=True, activation="relu6", name="valid")(x)
     x = sk.SPMConv2D(9, 5, padding="same", mode="fixed_k", keep_ratio=0.4, name="k")(x)
+    x = sk.SPMConv2D(9, 3, padding="same", mode="fbs", keep_ratio=0.6, activation="relu",
+                     name="fbs")(x)
     x = sk.SPMConv2D(8, 1, mode="static", activation="relu", name="static")(x)
     x = sk.SPMConv2D(6, 3, padding="same", mode="dense", name="dense")(x)
     outputs = keras.layers.Dense(4, name="head")(keras.layers.GlobalAveragePooling2D()(x))
@@ -80,7 +82,7 @@ def test_kernels_model_holds_custom_ops_and_needs_no_builtin_conv(tmp_path):
     codes = [fb.operatorCodes[op.opcodeIndex] for op in fb.subgraphs[0].operators]
     custom = [c for c in codes if c.customCode in (b"SanpGatedConv2D", "SanpGatedConv2D")]
     convs = [c for c in codes if max(c.builtinCode, c.deprecatedBuiltinCode) == 3]
-    assert len(custom) == 3  # the sanp and fixed_k layers
+    assert len(custom) == 4  # the sanp, fixed_k and fbs layers
     assert len(convs) == 2  # static (thinned at export) and dense stay builtin CONV_2D
 
 
@@ -157,7 +159,7 @@ def test_kernels_export_keeps_little_pruned_layers_builtin(tmp_path):
         fb = schema.ModelT.InitFromPackedBuf(bytearray(f.read()), 0)
     codes = [fb.operatorCodes[op.opcodeIndex] for op in fb.subgraphs[0].operators]
     custom = [c for c in codes if c.customCode in (b"SanpGatedConv2D", "SanpGatedConv2D")]
-    gated = [n for n in ("s2", "valid", "k") if not plan[n]]
+    gated = [n for n in ("s2", "valid", "k", "fbs") if not plan[n]]
     assert len(custom) == len(gated)
     np.testing.assert_allclose(export.KernelRunner(path)(x[:1]),
                                model.predict(x[:1], verbose=0), rtol=1e-4, atol=1e-4)

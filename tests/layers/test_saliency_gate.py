@@ -70,10 +70,46 @@ def test_fixed_k_keeps_k_channels_per_sample():
         np.testing.assert_array_equal(np.asarray(decisions).sum(axis=1), np.full(6, 3))
 
 
+def test_fbs_matches_its_numpy_oracle_and_keeps_at_most_k_winners():
+    # FBS (Gao et al. 2019): g = relu(mean_hw |x| . W + c), top k of g, 0s dropped.
+    rng = np.random.RandomState(0)  # per-sample channel magnitudes: varied saliency
+    x = (_x(n=40, c=8) * rng.uniform(0.1, 3.0, (40, 1, 1, 8))).astype("float32")
+    gate = SaliencyGate(10, mode="fbs", keep_ratio=0.5)
+    gate.build(x.shape)
+    oracle.randomize(gate, np.random.RandomState(4))
+    gate.excite_bias.assign(np.linspace(-2.0, 0.5, 10))  # many scores relu'd to 0
+    w, c = [v.numpy() for v in gate.weights]
+    assert w.shape == (8, 10)
+    g = np.maximum(np.abs(x).mean(axis=(1, 2)) @ w + c, 0.0)
+    scores, decisions = gate(x, training=False)
+    np.testing.assert_allclose(scores, g, atol=1e-5)
+    kth = np.sort(g, axis=1)[:, -5:-4]
+    want = ((g >= kth) & (g > 0)).astype("float32")
+    want[np.arange(40), g.argmax(axis=1)] = 1.0
+    np.testing.assert_array_equal(decisions, want)
+    counts = np.asarray(decisions).sum(axis=1)
+    assert counts.max() == 5 and counts.min() >= 1 and (counts < 5).any()  # zeros dropped
+    np.testing.assert_allclose(gate.scale(scores), scores)  # FBS scales by g itself
+
+
+def test_fbs_adds_its_lasso_in_training_only():
+    x = _x(c=8)
+    gate = SaliencyGate(6, mode="fbs", fbs_l1=0.5)
+    scores, _ = gate(x, training=True)
+    assert len(gate.losses) == 1
+    np.testing.assert_allclose(gate.losses[0], 0.5 * np.asarray(scores).sum(axis=1).mean(),
+                               rtol=1e-6)
+    fresh = SaliencyGate(6, mode="fbs")
+    fresh(x, training=False)
+    assert not fresh.losses
+    np.testing.assert_allclose(fresh(x)[0], 1.0, atol=0.11)  # a fresh gate scales by ~1
+
+
 def test_static_makes_one_decision_for_every_sample():
     gate = SaliencyGate(7, mode="static")
     gate.build((None, 8, 8, 5))
-    gate.static_scores.assign(np.array([1, -1, 2, -2, 3, -3, 0.5], "float32"))
+    gate.excite_kernel.assign(np.zeros(gate.excite_kernel.shape))
+    gate.excite_bias.assign(np.array([1, -1, 2, -2, 3, -3, 0.5], "float32"))
     _, decisions = gate(_x(), training=False)
     np.testing.assert_array_equal(np.asarray(decisions), np.tile([1, 0, 1, 0, 1, 0, 1], (6, 1)))
 
