@@ -11,7 +11,13 @@ This script runs the recipe of the SANP paper (section 4.1.2) end to end:
    of the network to `--budget` (a fraction of the dense MACs);
 
 then it evaluates the model and writes a report (error, MACs, pruned %, the paper's
-Figure 4). Every stage checkpoints each epoch atomically: run the same command again
+Figure 4). `--mode` picks the method trained from that same backbone: `sanp`; the
+paper's ablations `fixed_k` (the same fraction of every layer, per sample) and `static`
+(one decision for all samples); the baselines `fbs` (Gao et al. 2019: k-winners-take-all
+on a one-layer saliency), `slimming` (Liu et al. 2017: stage 3 trains with an L1 penalty
+on the BN scales, one global threshold then removes channels, stage 4 fine-tunes the
+smaller plain model) and `thin` (every layer uniformly narrower to the budget, trained
+from scratch for all the epochs of the other stages together); `dense`: stage 1 only. Every stage checkpoints each epoch atomically: run the same command again
 after an interruption (even `kill -9`) and it resumes after the last finished epoch,
 optimizer and lambda included.
 
@@ -40,11 +46,15 @@ import numpy as np  # noqa: E402
 import sanp_keras as sk  # noqa: E402
 from sanp_keras import datasets  # noqa: E402
 from sanp_keras import report  # noqa: E402
+from sanp_keras import slimming  # noqa: E402
+from sanp_keras import thinning  # noqa: E402
 from sanp_keras import training  # noqa: E402
 
 """
 ## Hyperparameters
 """
+
+MODES = ["sanp", "fixed_k", "static", "fbs", "slimming", "thin", "dense"]
 
 flags.DEFINE_string("backbone", "resnet20", f"One of {sk.models.list_models()}.")
 flags.DEFINE_string("dataset", "embedded",
@@ -53,8 +63,11 @@ flags.DEFINE_string("data_dir", None, "Folder with the official archive or tfds 
 flags.DEFINE_bool("download", False, "Let tfds download the dataset if it is missing.")
 flags.DEFINE_float("budget", 0.5, "Target mean MACs, as a fraction of the dense model's.")
 flags.DEFINE_float("gate_speed", 0.03, "Push of the cost loss on the gates (BudgetCallback).")
-flags.DEFINE_enum("mode", "sanp", ["sanp", "fixed_k", "static", "dense"],
-                  "Gating: SANP, or an ablation of the paper (dense: the backbone alone).")
+flags.DEFINE_float("slimming_l1", 1e-4, "Network Slimming: L1 weight on the BN scales.")
+flags.DEFINE_enum("mode", "sanp", MODES,
+                  "sanp; the paper's ablations fixed_k, static; the baselines fbs, slimming "
+                  "(Network Slimming), thin (uniformly narrower, from scratch); dense: the "
+                  "backbone alone.")
 flags.DEFINE_string("pretrained", None, "A trained plain backbone (.keras) to start from.")
 flags.DEFINE_integer("backbone_epochs", 6, "Epochs of stage 1.")
 flags.DEFINE_integer("warmup_epochs", 1, "Epochs of stage 3 (gates only).")
@@ -93,7 +106,7 @@ def _compile(learning_rate, steps, epochs, cosine=True):
 
 
 def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
-        budget=0.5, gate_speed=0.03, mode="sanp", pretrained=None, backbone_epochs=6,
+        budget=0.5, gate_speed=0.03, slimming_l1=1e-4, mode="sanp", pretrained=None, backbone_epochs=6,
         warmup_epochs=1, finetune_epochs=6, backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01,
         batch_size=128, train_subset=None, test_subset=None, output_dir="runs/default",
         seed=0, verbose=None, command=None):
@@ -116,25 +129,52 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
     def stage_dir(name):
         return os.path.join(output_dir, name)
 
+    def create_plain():
+        return sk.models.create_model(backbone, data.num_classes, gated=False,
+                                      input_shape=data.train.images.shape[1:])
+
+    reference_macs = sk.flops.dense_macs(create_plain())
+    if mode == "thin":
+        # The same architecture uniformly narrower to the budget, trained from scratch
+        # for as many epochs as the backbone and its fine-tuning together.
+        width, ratio = thinning.width_for_budget(create_plain(), budget)
+        epochs = backbone_epochs + warmup_epochs + finetune_epochs
+        print(f"Thin dense: width {width:.3f} ({ratio:.3f} of the dense MACs), "
+              f"{epochs} epochs from scratch.")
+        model = training.fit_stage(
+            stage_dir("1_thin"), lambda: thinning.uniform_width(create_plain(), width),
+            _compile(backbone_lr, steps, epochs), train, epochs, test, verbose=verbose)
     # 1. The plain backbone.
-    if pretrained:
+    elif pretrained:
         model = keras.models.load_model(pretrained)
     else:
         model = training.fit_stage(
             stage_dir("1_backbone"),
-            lambda: sk.models.create_model(backbone, data.num_classes, gated=False,
-                                           input_shape=data.train.images.shape[1:]),
+            create_plain,
             _compile(backbone_lr, steps, backbone_epochs),
             train, backbone_epochs, test, verbose=verbose,
         )
 
-    if mode != "dense":
-        # 2. Gate every conv + BN. FIXED-K needs the keep ratio that meets the budget.
+    if mode == "slimming":
+        # Network Slimming: L1 on the BN scales, one global threshold, channels removed.
+        plain = model
+        model = training.fit_stage(stage_dir("2_sparsity"),
+                                   lambda: slimming.with_bn_l1(plain, slimming_l1),
+                                   _compile(finetune_lr, steps, warmup_epochs),
+                                   train, warmup_epochs, test, verbose=verbose)
+        slimmed, info = slimming.slim(model, budget, reference_macs)
+        print(f"Network Slimming: threshold |gamma| > {info['threshold']:.4g} keeps "
+              f"{info['flops_ratio']:.3f} of the dense MACs; channels kept: {info['kept']}")
+        model = training.fit_stage(stage_dir("3_finetune"), lambda: slimmed,
+                                   _compile(finetune_lr, steps, finetune_epochs),
+                                   train, finetune_epochs, test, verbose=verbose)
+    elif mode not in ("dense", "thin"):
+        # 2. Gate every conv + BN. FIXED-K and FBS need the keep ratio meeting the budget.
         gate_options = {"seed": seed}
-        if mode == "fixed_k":
-            probe = sk.convert(model, mode="fixed_k")
+        if mode in ("fixed_k", "fbs"):
+            probe = sk.convert(model, mode=mode)
             gate_options["keep_ratio"] = training.fixed_k_keep_ratio(probe, budget)
-            print(f"FIXED-K keeps {gate_options['keep_ratio']:.3f} of every layer's channels.")
+            print(f"{mode} keeps {gate_options['keep_ratio']:.3f} of every layer's channels.")
         plain = model
 
         def gated():
@@ -148,15 +188,20 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
                                    train, warmup_epochs, test, verbose=verbose)
         warm = model
 
-        def unfrozen():
-            training.set_backbone_trainable(warm, True)
-            return warm
-
-        # 4. Fine-tune everything to the budget.
         # The controller measures the inference cost on 512 training images.
         calibration = np.concatenate(
             [x.numpy() for x, _ in datasets.pipeline(data.train, 256, False).take(2)]
         )
+
+        def unfrozen():
+            training.set_backbone_trainable(warm, True)
+            if mode in ("fixed_k", "fbs"):  # k fixed for good, from the warmed-up gates
+                ratio, cost = training.calibrate_keep_ratio(warm, budget, calibration)
+                print(f"{mode} keeps {ratio:.3f} of every layer's channels after warm-up "
+                      f"(measured cost {cost:.3f} of dense).")
+            return warm
+
+        # 4. Fine-tune everything to the budget.
         callback = sk.BudgetCallback(budget=budget, gate_speed=gate_speed,
                                      calibration_data=calibration)
         model = training.fit_stage(stage_dir("3_finetune"), unfrozen,
@@ -167,7 +212,8 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
     # Evaluate and report.
     model.save(os.path.join(output_dir, "model.keras"))
     name = f"{backbone} {mode}" + (f" budget={budget}" if mode != "dense" else "")
-    result = report.evaluate(model, test, name=name)
+    result = report.evaluate(model, test, name=name, reference_macs=reference_macs)
+    result["mode"] = mode
     result["budget"] = budget if mode != "dense" else 1.0
     result["dataset"] = data.description
     paths = report.write_report(result, os.path.join(output_dir, "report"), command)
@@ -179,7 +225,8 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
 def main(argv):
     del argv
     run(**{name: FLAGS[name].value for name in (
-        "backbone", "dataset", "data_dir", "download", "budget", "gate_speed", "mode",
+        "backbone", "dataset", "data_dir", "download", "budget", "gate_speed", "slimming_l1",
+        "mode",
         "pretrained",
         "backbone_epochs", "warmup_epochs", "finetune_epochs", "backbone_lr", "warmup_lr",
         "finetune_lr", "batch_size", "train_subset", "test_subset", "output_dir", "seed")},

@@ -8,6 +8,8 @@ network to a budget.
 from sanp_keras import export as export
 from sanp_keras import flops as flops
 from sanp_keras import models as models
+from sanp_keras import slimming as slimming
+from sanp_keras import thinning as thinning
 from sanp_keras.callbacks import BudgetCallback as BudgetCallback
 from sanp_keras.convert import convert as convert
 from sanp_keras.convert import strip as strip
@@ -30,5 +32,7 @@ __all__ = [
     "export_tflite",
     "flops",
     "models",
+    "slimming",
     "strip",
+    "thinning",
 ]

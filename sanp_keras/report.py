@@ -19,13 +19,21 @@ import numpy as np
 from sanp_keras import flops
 
 
-def evaluate(model, test_ds, name=None):
+def evaluate(model, test_ds, name=None, reference_macs=None):
     """Top-1 error and the cost report of `model` on a dataset of `(image, label)` batches.
+
+    Args:
+        model: a gated or plain Keras model.
+        test_ds: a dataset of `(image, label)` batches.
+        name: the name in the report (default: the model's).
+        reference_macs: the dense MACs to measure savings against, for a model that
+            is itself smaller than its backbone (thin, slimmed); default: the model's.
 
     Returns:
         A dict: `name`, `top1_error`, `num_samples`, and every field of
         `sanp_keras.flops.measure` (`dense_macs`, `mean_macs`, `percentiles`,
-        `pruned_fraction`, `per_layer`...).
+        `pruned_fraction`, `per_layer`...), with `dense_macs`, `flops_ratio` and
+        `pruned_fraction` relative to `reference_macs` when it is given.
     """
     correct, count = 0, 0
     for x, y in test_ds:
@@ -34,6 +42,10 @@ def evaluate(model, test_ds, name=None):
         count += int(y.shape[0])
     result = {"name": name or model.name, "top1_error": 1.0 - correct / count}
     result.update(flops.measure(model, test_ds))
+    if reference_macs is not None:
+        result["dense_macs"] = int(reference_macs)
+        result["flops_ratio"] = result["mean_macs"] / reference_macs
+        result["pruned_fraction"] = 1.0 - result["flops_ratio"]
     return result
 
 

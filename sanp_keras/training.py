@@ -150,3 +150,34 @@ def fixed_k_keep_ratio(model, budget, include_bias=False):
         mid = (low + high) / 2
         low, high = (mid, high) if cost(mid) < budget else (low, mid)
     return (low + high) / 2
+
+
+def calibrate_keep_ratio(model, budget, images, steps=10):
+    """Sets every top-k gate's keep ratio so the model's measured cost on `images` is
+    closest to `budget`; returns `(ratio, measured cost ratio)`.
+
+    `fixed_k_keep_ratio` treats channels as independent, which is exact for chains but
+    not where a residual Add joins two gated paths: trained gates open overlapping
+    channels, the union is smaller than independence predicts and the model comes out
+    cheaper than its budget. This bisects on the cost measured with the gates as they
+    are (call it after the warm-up, before fine-tuning: `k` is fixed from then on).
+    """
+    layers = [g for g in flops.gated_layers(model) if g.mode in ("fixed_k", "fbs")]
+    if not layers:
+        raise ValueError(f"Model '{model.name}' has no fixed_k or fbs gates to calibrate.")
+
+    def cost(ratio):
+        for layer in layers:
+            layer.gate.keep_ratio = ratio
+        return flops.measure(model, images)["flops_ratio"]
+
+    low, high = 0.0, 1.0
+    best = None
+    for _ in range(steps):
+        mid = (low + high) / 2
+        measured = cost(mid)
+        if best is None or abs(measured - budget) < abs(best[1] - budget):
+            best = (mid, measured)
+        low, high = (mid, high) if measured < budget else (low, mid)
+    cost(best[0])
+    return best

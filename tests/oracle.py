@@ -1,5 +1,6 @@
 """NumPy references the tests compare the Keras code against."""
 
+import keras
 import numpy as np
 
 
@@ -72,6 +73,18 @@ def randomize_model(model, seed):
     for layer in model.layers:
         if layer.weights:
             randomize(layer, rng)
+    return model
+
+
+def randomize_batch_norm(model, seed=0):
+    """Varied batch-norm scales, shifts and statistics (scales in [0.1, 1], distinct, so
+    that a threshold on them orders channels); returns the model."""
+    rng = np.random.RandomState(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            g, b, m, v = (w.shape for w in layer.get_weights())
+            layer.set_weights([rng.uniform(0.1, 1.0, g), rng.normal(0, 0.5, b),
+                               rng.normal(0, 0.1, m), rng.uniform(0.5, 1.5, v)])
     return model
 
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 import sanp_keras as sk
 from sanp_keras import flops
 from sanp_keras import training
+from tests import oracle
 from tests.callbacks.test_budget import _data
 from tests.callbacks.test_budget import _model
 
@@ -89,6 +90,22 @@ def test_fixed_k_keep_ratio_meets_the_budget():
     measured = flops.measure(gated, x)["flops_ratio"]
     assert abs(measured - 0.4) < 0.02  # rounding k to whole channels
     assert 0.55 < ratio < 0.7  # a chain: cost ~ keep^2
+
+
+@pytest.mark.parametrize("mode", ["fixed_k", "fbs"])
+def test_calibrated_keep_ratio_meets_the_budget_through_residual_adds(mode):
+    # Trained-like gates that agree across layers: the union at each Add is smaller
+    # than independence predicts, so the analytic ratio alone comes out cheap.
+    plain = sk.models.create_model("resnet20", gated=False)
+    ratio = training.fixed_k_keep_ratio(sk.convert(plain, mode=mode), 0.5)
+    gated = sk.convert(plain, mode=mode, keep_ratio=ratio)
+    for layer in flops.gated_layers(gated):
+        layer.gate.excite_bias.assign(np.linspace(2.0, 1.0, layer.filters))  # same order
+    x = oracle.images(16, 0, size=32)
+    calibrated, measured = training.calibrate_keep_ratio(gated, 0.5, x)
+    assert abs(measured - 0.5) < 0.02
+    assert abs(flops.measure(gated, x)["flops_ratio"] - measured) < 1e-9  # it stays set
+    assert all(g.gate.keep_ratio == calibrated for g in flops.gated_layers(gated))
 
 
 @pytest.mark.parametrize("kill_after_epoch", [1])

@@ -1,0 +1,210 @@
+"""Physically smaller plain models: channels removed, or every layer made narrower.
+
+Two static baselines of the comparison (issue 5) need a plain model (Conv2D +
+BatchNormalization pairs, as `sanp_keras.convert` takes) with fewer channels:
+
+- `slice_channels(model, keep)`: the same model with only the listed output channels
+  of some convolutions, weights copied (Network Slimming prunes this way, Liu et al.
+  2017, section 3.3). A convolution can lose channels on its own only if its output
+  reaches nothing but convolutions and dense layers through per-channel layers
+  (`prunable_convs`); one whose output meets a residual Add keeps its width.
+- `uniform_width(model, width)`: every conv + BN pair (and zero-padded shortcut) with
+  `round(width * filters)` channels and fresh weights, the "thin dense" baseline;
+  `width_for_budget` finds the width whose dense MACs meet a budget.
+
+Both are `keras.models.clone_model` with a `clone_function`, like `convert`.
+"""
+
+import keras
+import numpy as np
+
+from sanp_keras import flops
+from sanp_keras import graph
+from sanp_keras.convert import _consumer_map
+from sanp_keras.convert import _is_channel_bn
+from sanp_keras.layers.zero_pad_shortcut import ZeroPadShortcut
+
+
+def conv_bn_pairs(model):
+    """Dict from conv name to its batch norm, for every `Conv2D` feeding exactly one BN."""
+    nodes = graph.model_nodes(model)
+    consumers = _consumer_map(nodes)
+    pairs = {}
+    for node in nodes:
+        if type(node.operation) is not keras.layers.Conv2D or node.operation.groups != 1:
+            continue
+        after = consumers.get(id(node.output_tensors[0]), [])
+        if len(after) == 1 and _is_channel_bn(after[0].operation):
+            pairs[node.operation.name] = after[0].operation
+    return pairs
+
+
+def _weightless_passthrough(layer):
+    return graph.is_passthrough(layer) and not layer.weights
+
+
+def _reaches_only_slicable(tensor, consumers):
+    """Whether every path from `tensor` ends in a Conv2D / Dense input (not an Add...)."""
+    for node in consumers.get(id(tensor), []):
+        layer = node.operation
+        if type(layer) is keras.layers.Conv2D and layer.groups == 1:
+            continue
+        if type(layer) is keras.layers.Dense:
+            continue
+        if _weightless_passthrough(layer) and _reaches_only_slicable(
+            node.output_tensors[0], consumers
+        ):
+            continue
+        return False
+    return True
+
+
+def prunable_convs(model):
+    """Dict conv name -> BN layer of the convs whose output channels can be removed.
+
+    A conv qualifies if its BN's output reaches only convolutions and dense layers
+    (through ReLU, dropout, pooling and other weightless per-channel layers): removing
+    a channel then removes a slice of each consumer's kernel and nothing else. Convs
+    whose output is added to a shortcut do not (the Add fixes their width).
+    """
+    nodes = graph.model_nodes(model)
+    consumers = _consumer_map(nodes)
+    pairs = conv_bn_pairs(model)
+    out = {}
+    for node in nodes:
+        bn = pairs.get(node.operation.name)
+        if bn is None:
+            continue
+        bn_node = consumers[id(node.output_tensors[0])][0]
+        if consumers.get(id(bn_node.output_tensors[0])) and _reaches_only_slicable(
+            bn_node.output_tensors[0], consumers
+        ):
+            out[node.operation.name] = bn
+    return out
+
+
+def _check_keep(model, keep):
+    prunable = prunable_convs(model)
+    layers = {n.operation.name: n.operation for n in graph.model_nodes(model)}
+    for name, index in keep.items():
+        if name not in prunable:
+            raise ValueError(
+                f"Cannot remove channels of layer '{name}': it is not a conv + batch norm "
+                f"whose output reaches only convolutions. Prunable: {sorted(prunable)}"
+            )
+        index = np.asarray(index)
+        filters = layers[name].filters
+        if index.ndim != 1 or index.size < 1 or np.any(index < 0) or np.any(index >= filters):
+            raise ValueError(
+                f"Invalid channels for layer '{name}' ({filters} filters): expected 1 to "
+                f"{filters} distinct indices in [0, {filters}). Received: {index.tolist()}"
+            )
+        if np.unique(index).size != index.size:
+            raise ValueError(f"Repeated channels for layer '{name}': {index.tolist()}")
+
+
+def slice_channels(model, keep, copy_weights=True):
+    """The plain model with only the channels `keep[name]` of each listed conv.
+
+    Args:
+        model: a functional or Sequential plain model.
+        keep: dict from conv name (see `prunable_convs`) to the sorted indices of the
+            output channels it keeps (at least one).
+        copy_weights: copy the matching slices of every weight (False: fresh weights,
+            enough to count MACs).
+
+    Returns:
+        A new functional model whose outputs equal `model`'s with the removed
+        channels' batch-norm outputs set to zero.
+    """
+    _check_keep(model, keep)
+    keep = {name: np.sort(np.asarray(index)) for name, index in keep.items()}
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name in keep:
+            config["filters"] = int(keep[layer.name].size)
+        return layer.__class__.from_config(config)
+
+    functional = graph.as_functional(model)
+    thin = keras.models.clone_model(functional, clone_function=clone)
+    if copy_weights:
+        _copy_sliced_weights(functional, thin, keep)
+    return thin
+
+
+def _copy_sliced_weights(source, target, keep):
+    """Copies each layer's weights, slicing channel axes along the kept channels."""
+    new_layers = {layer.name: layer for layer in target.layers}
+    index_of = {}  # id(tensor) -> kept channel indices of that tensor (None: all)
+    for node in graph.model_nodes(source):
+        layer = node.operation
+        inputs = node.input_tensors
+        in_index = index_of.get(id(inputs[0])) if inputs else None
+        out_index = None
+        weights = [w.numpy() for w in layer.weights]
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            out_index = keep.get(layer.name)
+            kernel = weights[0]
+            if in_index is not None:
+                kernel = np.take(kernel, in_index, axis=-2)
+            if out_index is not None:
+                kernel = np.take(kernel, out_index, axis=-1)
+                weights[1:] = [np.take(w, out_index, axis=-1) for w in weights[1:]]
+            weights[0] = kernel
+        elif _is_channel_bn(layer):
+            out_index = in_index
+            if in_index is not None:
+                weights = [np.take(w, in_index, axis=-1) for w in weights]
+        elif in_index is not None:
+            out_index = in_index  # a weightless per-channel layer (checked by _check_keep)
+        for t in node.output_tensors:
+            index_of[id(t)] = out_index
+        if weights:
+            new_layers[layer.name].set_weights(weights)
+
+
+def _scaled(filters, width):
+    return max(1, int(round(filters * width)))
+
+
+def uniform_width(model, width):
+    """The plain model with every conv + BN pair `width` times as wide, fresh weights.
+
+    Zero-padded shortcuts (`ZeroPadShortcut`) are widened with them, so residual adds
+    still match. The classifier (a layer without a batch norm) keeps its width.
+    """
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 1:
+        raise ValueError(f"Invalid width: expected a float in (0, 1]. Received: width={width!r}")
+    pairs = conv_bn_pairs(model)
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name in pairs:
+            config["filters"] = _scaled(layer.filters, width)
+        elif isinstance(layer, ZeroPadShortcut):
+            config["filters"] = _scaled(layer.filters, width)
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(graph.as_functional(model), clone_function=clone)
+
+
+def width_for_budget(model, budget):
+    """The largest width (to 1e-3) whose `uniform_width` model costs <= `budget` x dense.
+
+    Returns:
+        `(width, ratio)`: the width and its dense MACs over `model`'s.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
+        raise ValueError(f"Invalid budget: expected a float in (0, 1]. Received: budget={budget!r}")
+    dense = flops.dense_macs(model)
+
+    def ratio(width):
+        return flops.dense_macs(uniform_width(model, width)) / dense
+
+    low, high = 0.0, 1.0
+    while high - low > 1e-3:
+        mid = (low + high) / 2
+        low, high = (mid, high) if ratio(mid) <= budget else (low, mid)
+    width = max(low, 1e-3)
+    return width, ratio(width)
