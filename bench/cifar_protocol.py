@@ -11,24 +11,16 @@ minutes per CIFAR-10 epoch there); every stage is resumable, so the same command
 continues an interrupted protocol.
 """
 
-import importlib.util
 import os
 
-import _results as results  # bench/ is on the path when run as a script
+import _example  # bench/ is on the path when run as a script
+import _results as results
 from absl import app
 from absl import flags
 
-EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "train_cifar.py")
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location("train_cifar", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-example = _example()  # defines the example's flags, which this script reuses
+example = _example.load()  # defines the example's flags, which this script reuses
 RESULTS = flags.DEFINE_string("results", "bench/results/cifar_protocol", "Output stem.")
 BUDGETS = flags.DEFINE_list("budgets", ["0.5", "0.35"], "Budgets, fractions of dense MACs.")
 TOLERANCE = flags.DEFINE_float("tolerance", 0.03, "Budget hit: |cost ratio - budget| below.")

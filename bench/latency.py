@@ -20,7 +20,6 @@ decisions and of top-1 labels equal to Keras, and the largest logit difference.
 Writes `<output>.json` and `<output>.md` with the command that produced them.
 """
 
-import importlib.util
 import os
 import platform
 import sys
@@ -33,16 +32,14 @@ import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-import _results as results  # noqa: E402  (bench/ is on the path when run as a script)
+import _example  # noqa: E402  (bench/ is on the path when run as a script)
+import _results as results  # noqa: E402
 import _thinned  # noqa: E402
 import sanp_keras as sk  # noqa: E402
 from sanp_keras import datasets  # noqa: E402
 from sanp_keras import export  # noqa: E402
 
-EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "train_cifar.py")
-spec = importlib.util.spec_from_file_location("train_cifar", EXAMPLE)
-example = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(example)  # defines the example's flags too
+example = _example.load()  # defines the example's flags too
 
 BACKBONES = flags.DEFINE_list("backbones", ["resnet20", "mcifarnet", "resnet18", "vgg19"],
                               "Zoo backbones.")

@@ -42,6 +42,43 @@ def test_default_path_on_a_tiny_slice_meets_the_budget(tmp_path):
     assert (tmp_path / "3_finetune" / "log.csv").read_text().startswith("epoch,")
 
 
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    import sanp_keras as sk
+
+    path = str(tmp_path_factory.mktemp("backbone") / "resnet20.keras")
+    sk.models.create_model("resnet20", gated=False).save(path)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["fbs", "slimming", "thin"])
+def test_baseline_modes_train_from_the_backbone_and_report(mode, backbone, tmp_path):
+    # sanp: the test above; every mode, through bench/compare.py: tests/test_compare.py
+    # (large). FBS, Network Slimming and thin dense meet the budget by construction.
+    result = _example().run(
+        mode=mode, pretrained=backbone, train_subset=64, test_subset=32, batch_size=32,
+        backbone_epochs=1, warmup_epochs=1, finetune_epochs=1, budget=0.5,
+        output_dir=str(tmp_path), verbose=0, command="test",
+    )
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    for key in ("top1_error", "mean_macs", "percentiles", "pruned_fraction", "flops_ratio",
+                "budget", "mode"):
+        assert key in saved
+    assert saved["dense_macs"] == 40_551_040 and saved["mode"] == mode
+    if mode in ("slimming", "thin"):
+        assert abs(result["flops_ratio"] - 0.5) < 0.03
+    if mode == "fbs":
+        assert result["flops_ratio"] < 0.53
+    if mode in ("slimming", "thin"):  # plain, physically smaller models
+        import keras
+
+        import sanp_keras as sk
+
+        model = keras.models.load_model(tmp_path / "model.keras")
+        assert not sk.flops.gated_layers(model)
+        assert sk.flops.dense_macs(model) == result["mean_macs"]
+
+
 def test_bad_mode_and_missing_data_fail_clearly(tmp_path):
     example = _example()
     from sanp_keras import datasets
