@@ -37,6 +37,7 @@ warm-up and 60 fine-tune epochs.)
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -120,14 +121,19 @@ def export_candidates(method, folder, calibration, kinds):
 
     if method == "tfmot":
         return _read(os.path.join(folder, "result.json"))["exports"]
-    model = keras.models.load_model(os.path.join(folder, "model.keras"))
-    tflite = os.path.join(folder, "tflite")
-    if method in GATED:
-        return {kind: export.export_tflite(model, f"{tflite}/{kind}.tflite", kind,
-                                           calibration_data=calibration, batch_size=1)
-                for kind in kinds}
-    return {"dense": export.export_tflite(model, f"{tflite}/dense.tflite", "masked",
-                                          batch_size=1)}
+    source = os.path.join(folder, "model.keras")
+    model = None
+    paths = {}
+    for kind in kinds if method in GATED else ["dense"]:
+        path = os.path.join(folder, "tflite", f"{kind}.tflite")
+        if os.path.exists(path) and os.path.getmtime(path) > os.path.getmtime(source):
+            paths[kind] = path  # exported from this very model before
+            continue
+        model = model or keras.models.load_model(source)
+        paths[kind] = export.export_tflite(
+            model, path, "masked" if kind == "dense" else kind, batch_size=1,
+            calibration_data=calibration if method in GATED else None)
+    return paths
 
 
 def time_all(paths, image, threads, runs, warmup):
@@ -302,6 +308,16 @@ def main(argv):
             "tfmot: MACs are those of the non-zero weights (what an ideal sparse kernel "
             "would do); no budget hit is claimed, the runtime runs dense convolutions "
             "(see its latency; export `tflite_sparse` has the weights sparse-encoded).")
+    for row in rows:  # Figure 4 of each gated method, kept next to the table
+        if row.get("figure4"):
+            for part in ("categories", "distribution"):
+                source = os.path.join(row["folder"], "report", f"figure4_{part}.png")
+                target = f"{stem}_figures/{row['method']}_{row['budget']}_{part}.png"
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copyfile(source, target)
+            row["figure4"] = os.path.relpath(
+                f"{stem}_figures/{row['method']}_{row['budget']}_categories.png",
+                os.path.dirname(stem) or ".")
     payload = {"protocol": protocol, "results": rows, "latency_ms": all_latencies}
     results.write(stem, payload, markdown(rows, protocol, command))
 

@@ -62,7 +62,7 @@ def test_every_method_reports_every_field(compared):
     markdown = (out / "table.md").read_text()
     assert "| SANP | 0.50 |" in markdown and "Command: `" in markdown
     for method in ("sanp", "fixed_k", "static", "fbs"):  # Figure 4 of each gated method
-        assert os.path.exists(rows[method]["figure4"])
+        assert os.path.exists(out / rows[method]["figure4"])
 
 
 def test_methods_with_a_fixed_cost_meet_their_budget(compared):
