@@ -17,8 +17,9 @@ paper's ablations `fixed_k` (the same fraction of every layer, per sample) and `
 on a one-layer saliency), `slimming` (Liu et al. 2017: stage 3 trains with an L1 penalty
 on the BN scales, one global threshold then removes channels, stage 4 fine-tunes the
 smaller plain model) and `thin` (every layer uniformly narrower to the budget, trained
-from scratch for all the epochs of the other stages together); `dense`: stage 1 only. Every stage checkpoints each epoch atomically: run the same command again
-after an interruption (even `kill -9`) and it resumes after the last finished epoch,
+from scratch for all the epochs of the other stages together); `dense`: stage 1 only.
+Every stage checkpoints each epoch atomically: run the same command again after an
+interruption (even `kill -9`) and it resumes after the last finished epoch,
 optimizer and lambda included.
 
 With no flags it trains ResNet-20 on the CIFAR-10 (JPEG) sample shipped with the
@@ -106,8 +107,8 @@ def _compile(learning_rate, steps, epochs, cosine=True):
 
 
 def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
-        budget=0.5, gate_speed=0.03, slimming_l1=1e-4, mode="sanp", pretrained=None, backbone_epochs=6,
-        warmup_epochs=1, finetune_epochs=6, backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01,
+        budget=0.5, gate_speed=0.03, slimming_l1=1e-4, mode="sanp", pretrained=None,
+        backbone_epochs=6, warmup_epochs=1, finetune_epochs=6, backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01,
         batch_size=128, train_subset=None, test_subset=None, output_dir="runs/default",
         seed=0, verbose=None, command=None):
     """Trains, prunes and evaluates; returns the evaluation result (a dict)."""
@@ -226,10 +227,8 @@ def main(argv):
     del argv
     run(**{name: FLAGS[name].value for name in (
         "backbone", "dataset", "data_dir", "download", "budget", "gate_speed", "slimming_l1",
-        "mode",
-        "pretrained",
-        "backbone_epochs", "warmup_epochs", "finetune_epochs", "backbone_lr", "warmup_lr",
-        "finetune_lr", "batch_size", "train_subset", "test_subset", "output_dir", "seed")},
+        "mode", "pretrained", "backbone_epochs", "warmup_epochs", "finetune_epochs",
+        "backbone_lr", "warmup_lr", "finetune_lr", "batch_size", "train_subset", "test_subset", "output_dir", "seed")},
         command="python " + " ".join(sys.argv))
 
 

@@ -14,18 +14,20 @@ Only convolutions whose output reaches convolutions alone can lose channels
 as in the paper's ResNet experiments (section 4.4).
 """
 
+import math
+
 import keras
 import numpy as np
 
 from sanp_keras import flops
 from sanp_keras import graph
 from sanp_keras import thinning
+from sanp_keras.layers import _checks
 
 
 def with_bn_l1(model, l1):
     """A copy of a plain model (same weights) with an L1 penalty on the prunable BN scales."""
-    if isinstance(l1, bool) or not isinstance(l1, (int, float)) or l1 < 0:
-        raise ValueError(f"Invalid value for argument `l1`: expected a float >= 0. Received: l1={l1!r}")
+    l1 = _checks.check_float_in("l1", l1, 0.0, math.inf, low_open=False, high_open=True)
     bns = {bn.name for bn in thinning.prunable_convs(model).values()}
 
     def clone(layer):
@@ -77,8 +79,7 @@ def global_threshold(model, budget, reference_macs=None):
     Raises:
         ValueError: if even one channel per prunable layer costs more than `budget`.
     """
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
-        raise ValueError(f"Invalid budget: expected a float in (0, 1]. Received: budget={budget!r}")
+    budget = _checks.check_float_in("budget", budget, 0.0, 1.0)
     reference = reference_macs or flops.dense_macs(model)
     scales = bn_scales(model)
     if not scales:

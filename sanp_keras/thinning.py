@@ -22,6 +22,7 @@ from sanp_keras import flops
 from sanp_keras import graph
 from sanp_keras.convert import _consumer_map
 from sanp_keras.convert import _is_channel_bn
+from sanp_keras.layers import _checks
 from sanp_keras.layers.zero_pad_shortcut import ZeroPadShortcut
 
 
@@ -174,8 +175,7 @@ def uniform_width(model, width):
     Zero-padded shortcuts (`ZeroPadShortcut`) are widened with them, so residual adds
     still match. The classifier (a layer without a batch norm) keeps its width.
     """
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 1:
-        raise ValueError(f"Invalid width: expected a float in (0, 1]. Received: width={width!r}")
+    width = _checks.check_float_in("width", width, 0.0, 1.0)
     pairs = conv_bn_pairs(model)
 
     def clone(layer):
@@ -195,8 +195,7 @@ def width_for_budget(model, budget):
     Returns:
         `(width, ratio)`: the width and its dense MACs over `model`'s.
     """
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
-        raise ValueError(f"Invalid budget: expected a float in (0, 1]. Received: budget={budget!r}")
+    budget = _checks.check_float_in("budget", budget, 0.0, 1.0)
     dense = flops.dense_macs(model)
 
     def ratio(width):

@@ -32,8 +32,7 @@ def gate_scale(x, gate):
 
     scale = d * sigmoid(g) (METHOD.md eq. 5-6), d * g for fbs; d = 1[g > 0], the
     best channel always open (sanp, static); the top k scores (fixed_k; fbs: those
-    above 0, and the best); all
-    ones (dense).
+    above 0, and the best); all ones (dense).
     """
     if gate.mode == "dense":
         ones = tf.ones((tf.shape(x)[0], gate.units), x.dtype)
@@ -47,17 +46,18 @@ def gate_scale(x, gate):
         s = tf.reduce_mean(x, axis=(1, 2))  # (B, C_in)
         h = tf.nn.relu(tf.matmul(s, gate.squeeze_kernel) + gate.squeeze_bias)  # (B, hidden)
         g = tf.matmul(h, gate.excite_kernel) + gate.excite_bias  # (B, C_out)
-    if gate.mode == "fixed_k":
+    if gate.mode in ("fixed_k", "fbs"):
         kth = tf.math.top_k(g, gate.k, sorted=True).values[:, -1:]  # (B, 1)
-        d = tf.cast(g >= kth, x.dtype)
-        return d, d * tf.sigmoid(g)
+        won = g >= kth
+        if gate.mode == "fixed_k":
+            d = tf.cast(won, x.dtype)
+            return d, d * tf.sigmoid(g)
+        won = tf.logical_and(won, g > 0)  # fbs: the top k with a non-zero score
+    else:
+        won = g > 0
     best = tf.one_hot(tf.argmax(g, axis=-1), gate.units, dtype=x.dtype)
-    if gate.mode == "fbs":  # the top k with a non-zero score
-        kth = tf.math.top_k(g, gate.k, sorted=True).values[:, -1:]  # (B, 1)
-        d = tf.maximum(tf.cast(tf.logical_and(g >= kth, g > 0), x.dtype), best)
-        return d, d * g
-    d = tf.maximum(tf.cast(g > 0, x.dtype), best)
-    return d, d * tf.sigmoid(g)
+    d = tf.maximum(tf.cast(won, x.dtype), best)
+    return d, d * (g if gate.mode == "fbs" else tf.sigmoid(g))
 
 
 def _activate(y, name):

@@ -200,15 +200,16 @@ class SaliencyGate(keras.layers.Layer):
         """
         if self.mode == "dense":
             return ops.ones_like(scores)
-        if self.mode == "fixed_k":
+        if self.mode in ("fixed_k", "fbs"):
             kth = ops.top_k(scores, self.k, sorted=True)[0][:, -1:]  # (B, 1)
-            return ops.cast(ops.greater_equal(scores, kth), scores.dtype)
+            won = ops.greater_equal(scores, kth)  # the top k (k-winners-take-all)
+            if self.mode == "fixed_k":
+                return ops.cast(won, scores.dtype)
+            won = ops.cast(ops.logical_and(won, ops.greater(scores, 0)), scores.dtype)
+        else:
+            won = hard_decisions(scores)
         best = ops.one_hot(ops.argmax(scores, axis=-1), self.units, dtype=scores.dtype)
-        if self.mode == "fbs":  # the top k, less those whose relu'd score is 0
-            kth = ops.top_k(scores, self.k, sorted=True)[0][:, -1:]  # (B, 1)
-            won = ops.logical_and(ops.greater_equal(scores, kth), ops.greater(scores, 0))
-            return ops.maximum(ops.cast(won, scores.dtype), best)
-        return ops.maximum(hard_decisions(scores), best)  # (B, units)
+        return ops.maximum(won, best)  # (B, units)
 
     def static_scores(self):
         """The one score vector of a `"static"` gate, (units,)."""
