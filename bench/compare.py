@@ -201,6 +201,8 @@ def _row(method, budget, result, folder, tolerance):
         row["budget_hit"] = abs(result["flops_ratio"] - budget) < tolerance
     if method == "tfmot":
         row["weight_sparsity"] = result["weight_sparsity"]
+    if "landing" in result:
+        row["landing"] = result["landing"]
     figure = os.path.join(folder, "report", "figure4_categories.png")
     if method in GATED and os.path.exists(figure):
         row["figure4"] = figure
@@ -236,6 +238,7 @@ def main(argv):
     options = {
         "backbone": backbone, "dataset": FLAGS.dataset, "data_dir": FLAGS.data_dir,
         "download": FLAGS.download, "gate_speed": FLAGS.gate_speed,
+        "land_budget": FLAGS.land_budget,
         "slimming_l1": FLAGS.slimming_l1, "backbone_epochs": epochs[0],
         "warmup_epochs": epochs[1], "finetune_epochs": epochs[2],
         "backbone_lr": FLAGS.backbone_lr, "warmup_lr": FLAGS.warmup_lr,
@@ -295,6 +298,10 @@ def main(argv):
             + (f"{train_subset} training images drawn at random" if train_subset
                else "all training images")
             + f"; thin dense: {sum(epochs)} epochs from scratch on the same images. "
+            + ("SANP and STATIC end with one global gate threshold raised until their "
+               "cost measured on 512 training images is at most the budget "
+               "(`training.land_on_budget`; the cost before it is in the JSON). "
+               if FLAGS.land_budget else "")
             + (f"Test: {test_subset} images drawn at random." if test_subset
                else "Test: all test images.")
         ),

@@ -8,7 +8,9 @@ This script runs the recipe of the SANP paper (section 4.1.2) end to end:
 2. convert every conv + batch norm into an `SPMConv2D` carrying the same weights;
 3. warm up the saliency modules with the classification loss, convolutions frozen;
 4. fine-tune everything with the cost loss, `BudgetCallback` holding the mean cost
-   of the network to `--budget` (a fraction of the dense MACs);
+   of the network to `--budget` (a fraction of the dense MACs); where a short
+   schedule ends with the cost still over the budget, one global gate threshold
+   brings it down (`--land_budget`, `training.land_on_budget`);
 
 then it evaluates the model and writes a report (error, MACs, pruned %, the paper's
 Figure 4). `--mode` picks the method trained from that same backbone: `sanp`; the
@@ -64,6 +66,9 @@ flags.DEFINE_string("data_dir", None, "Folder with the official archive or tfds 
 flags.DEFINE_bool("download", False, "Let tfds download the dataset if it is missing.")
 flags.DEFINE_float("budget", 0.5, "Target mean MACs, as a fraction of the dense model's.")
 flags.DEFINE_float("gate_speed", 0.03, "Push of the cost loss on the gates (BudgetCallback).")
+flags.DEFINE_bool("land_budget", True,
+                  "sanp / static: after fine-tuning, raise one global gate threshold "
+                  "until the cost on 512 training images is at most the budget.")
 flags.DEFINE_float("slimming_l1", 1e-4, "Network Slimming: L1 weight on the BN scales.")
 flags.DEFINE_enum("mode", "sanp", MODES,
                   "sanp; the paper's ablations fixed_k, static; the baselines fbs, slimming "
@@ -107,10 +112,11 @@ def _compile(learning_rate, steps, epochs, cosine=True):
 
 
 def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
-        budget=0.5, gate_speed=0.03, slimming_l1=1e-4, mode="sanp", pretrained=None,
-        backbone_epochs=6, warmup_epochs=1, finetune_epochs=6, backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01,
-        batch_size=128, train_subset=None, test_subset=None, output_dir="runs/default",
-        seed=0, verbose=None, command=None):
+        budget=0.5, gate_speed=0.03, land_budget=True, slimming_l1=1e-4, mode="sanp",
+        pretrained=None, backbone_epochs=6, warmup_epochs=1, finetune_epochs=6,
+        backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01, batch_size=128,
+        train_subset=None, test_subset=None, output_dir="runs/default", seed=0,
+        verbose=None, command=None):
     """Trains, prunes and evaluates; returns the evaluation result (a dict)."""
     keras.utils.set_random_seed(seed)
     if verbose is None:  # progress bars in a terminal, one line per epoch in a log
@@ -135,6 +141,7 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
                                       input_shape=data.train.images.shape[1:])
 
     reference_macs = sk.flops.dense_macs(create_plain())
+    landing = None
     if mode == "thin":
         # The same architecture uniformly narrower to the budget, trained from scratch
         # for as many epochs as the backbone and its fine-tuning together.
@@ -209,12 +216,24 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
                                    _compile(finetune_lr, steps, finetune_epochs),
                                    train, finetune_epochs, test, budget=callback,
                                    verbose=verbose)
+        if land_budget and mode in ("sanp", "static"):
+            # A short fine-tune can end while the controller still swings around the
+            # budget: one global gate threshold closes channels until it is met.
+            shift, before, after = training.land_on_budget(model, budget, calibration)
+            landing = {"threshold_shift": shift, "flops_ratio_before": before,
+                       "flops_ratio_after": after}
+            print(f"Landing on the budget: {before:.3f} -> {after:.3f} of the dense MACs "
+                  f"on {len(calibration)} training images (gate threshold {shift:+.3f})."
+                  if shift else f"Cost {before:.3f} of the dense MACs on "
+                  f"{len(calibration)} training images: within the budget, as trained.")
 
     # Evaluate and report.
     model.save(os.path.join(output_dir, "model.keras"))
     name = f"{backbone} {mode}" + (f" budget={budget}" if mode != "dense" else "")
     result = report.evaluate(model, test, name=name, reference_macs=reference_macs)
     result["mode"] = mode
+    if landing:
+        result["landing"] = landing
     result["budget"] = budget if mode != "dense" else 1.0
     result["dataset"] = data.description
     paths = report.write_report(result, os.path.join(output_dir, "report"), command)
@@ -226,9 +245,10 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
 def main(argv):
     del argv
     run(**{name: FLAGS[name].value for name in (
-        "backbone", "dataset", "data_dir", "download", "budget", "gate_speed", "slimming_l1",
-        "mode", "pretrained", "backbone_epochs", "warmup_epochs", "finetune_epochs",
-        "backbone_lr", "warmup_lr", "finetune_lr", "batch_size", "train_subset", "test_subset", "output_dir", "seed")},
+        "backbone", "dataset", "data_dir", "download", "budget", "gate_speed", "land_budget",
+        "slimming_l1", "mode", "pretrained", "backbone_epochs", "warmup_epochs",
+        "finetune_epochs", "backbone_lr", "warmup_lr", "finetune_lr", "batch_size",
+        "train_subset", "test_subset", "output_dir", "seed")},
         command="python " + " ".join(sys.argv))
 
 

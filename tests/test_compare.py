@@ -65,16 +65,16 @@ def test_every_method_reports_every_field(compared):
         assert os.path.exists(out / rows[method]["figure4"])
 
 
-def test_methods_with_a_fixed_cost_meet_their_budget(compared):
-    # FIXED-K, FBS (at most k), Network Slimming and thin dense meet the budget by
-    # construction; SANP and STATIC are held to it by the controller, which needs
-    # more steps than this slice has (its landing is pinned by tests/callbacks and
-    # tests/test_train_cifar.py).
+def test_methods_meet_their_budget(compared):
+    # FIXED-K, Network Slimming and thin dense meet the budget by construction, FBS
+    # (at most k per layer) does not exceed it; SANP and STATIC are held to it by the
+    # controller, and one gate threshold brings down what exceeds it.
     _, table = compared
     rows = {r["method"]: r for r in table["results"]}
     for method in ("fixed_k", "slimming", "thin"):
         assert rows[method]["budget_hit"], (method, rows[method]["flops_ratio"])
-    assert rows["fbs"]["flops_ratio"] < BUDGET + 0.03
+    for method in ("sanp", "static", "fbs"):
+        assert rows[method]["flops_ratio"] < BUDGET + 0.03, (method, rows[method])
     if TFMOT:
         assert abs(rows["tfmot"]["weight_sparsity"] - (1 - BUDGET)) < 0.02
 

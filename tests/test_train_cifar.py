@@ -31,11 +31,12 @@ def test_default_path_on_a_tiny_slice_meets_the_budget(tmp_path):
         assert key in saved
     assert saved["dense_macs"] == 40_551_040 and saved["num_samples"] == 256
     assert 0.0 <= saved["top1_error"] < 0.9
-    # 160 steps from a weak backbone (it starts at 1.0): the controller overshoots and
-    # comes back, and where it stands after so few steps varies between runs (0.46 and
-    # 0.59 seen). The controller's own test (tests/callbacks) pins the landing to 0.03;
-    # here the whole pipeline must get near the budget.
-    assert abs(result["flops_ratio"] - 0.5) < 0.12
+    # 160 steps from a weak backbone: where the controller stands when they end varies
+    # between runs (0.46 and 0.59 seen); one global gate threshold then brings a cost
+    # over the budget down to it, measured on the training images, checked here on
+    # the test images.
+    assert saved["landing"]["flops_ratio_after"] <= 0.5
+    assert 0.4 < result["flops_ratio"] < 0.53
     for name in ("report.md", "figure4_categories.png", "figure4_distribution.png"):
         assert (tmp_path / "report" / name).exists()
     assert (tmp_path / "model.keras").exists()
@@ -51,10 +52,11 @@ def backbone(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("mode", ["fbs", "slimming", "thin"])
-def test_baseline_modes_train_from_the_backbone_and_report(mode, backbone, tmp_path):
-    # sanp: the test above; every mode, through bench/compare.py: tests/test_compare.py
-    # (large). FBS, Network Slimming and thin dense meet the budget by construction.
+@pytest.mark.parametrize("mode", ["static", "fbs", "slimming", "thin"])
+def test_other_modes_train_from_the_backbone_and_report(mode, backbone, tmp_path):
+    # sanp: the test above; fixed_k and every mode, through bench/compare.py:
+    # tests/test_compare.py (large). FBS, Network Slimming and thin dense meet the
+    # budget by construction, STATIC through the controller and the landing.
     result = _example().run(
         mode=mode, pretrained=backbone, train_subset=64, test_subset=32, batch_size=32,
         backbone_epochs=1, warmup_epochs=1, finetune_epochs=1, budget=0.5,
@@ -67,7 +69,7 @@ def test_baseline_modes_train_from_the_backbone_and_report(mode, backbone, tmp_p
     assert saved["dense_macs"] == 40_551_040 and saved["mode"] == mode
     if mode in ("slimming", "thin"):
         assert abs(result["flops_ratio"] - 0.5) < 0.03
-    if mode == "fbs":
+    if mode in ("static", "fbs"):  # at most the budget (FBS: at most k per layer)
         assert result["flops_ratio"] < 0.53
     if mode in ("slimming", "thin"):  # plain, physically smaller models
         import keras

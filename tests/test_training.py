@@ -108,6 +108,54 @@ def test_calibrated_keep_ratio_meets_the_budget_through_residual_adds(mode):
     assert all(g.gate.keep_ratio == calibrated for g in flops.gated_layers(gated))
 
 
+def _random_gates(model, seed, center):
+    """Gates whose scores vary over samples and channels, around `center`."""
+    rng = np.random.default_rng(seed)
+    for layer in flops.gated_layers(model):
+        gate = layer.gate
+        gate.excite_kernel.assign(rng.normal(0, 0.5, gate.excite_kernel.shape))
+        gate.excite_bias.assign(rng.normal(center, 1.0, gate.excite_bias.shape))
+
+
+@pytest.mark.parametrize("mode", ["sanp", "static"])
+def test_land_on_budget_raises_one_threshold_to_the_budget(mode, tmp_path):
+    gated = sk.convert(sk.models.create_model("resnet20", gated=False), mode=mode)
+    _random_gates(gated, 0, 2.0)
+    x = oracle.images(16, 0, size=32)
+    before = flops.measure(gated, x)["flops_ratio"]
+    assert before > 0.45  # over the budget
+    scores = [g.gate.static_scores().numpy() if mode == "static" else None
+              for g in flops.gated_layers(gated)]
+    delta, measured_before, after = training.land_on_budget(gated, 0.35, x)
+    assert delta > 0 and abs(measured_before - before) < 1e-9
+    assert 0.34 < after <= 0.35
+    # Independent check: the saved model's cost, measured afresh, is the one reported.
+    gated.save(tmp_path / "landed.keras")
+    loaded = keras.models.load_model(tmp_path / "landed.keras")
+    assert abs(flops.measure(loaded, x)["flops_ratio"] - after) < 1e-9
+    if mode == "static":  # one threshold: every score moved by the same delta
+        for layer, old in zip(flops.gated_layers(loaded), scores):
+            np.testing.assert_allclose(layer.gate.static_scores().numpy(), old - delta,
+                                       atol=1e-5)
+
+
+def test_land_on_budget_leaves_a_model_under_budget_alone_and_rejects_the_impossible():
+    plain = sk.models.create_model("resnet20", gated=False)
+    gated = sk.convert(plain, mode="sanp")
+    _random_gates(gated, 1, 0.5)
+    x = oracle.images(8, 0, size=32)
+    cost = flops.measure(gated, x)["flops_ratio"]
+    bias = [g.gate.excite_bias.numpy().copy() for g in flops.gated_layers(gated)]
+    for budget in (cost, min(1.0, cost + 0.2)):  # on it, and far under it: no channel reopens
+        assert training.land_on_budget(gated, budget, x) == (0.0, cost, cost)
+    for layer, old in zip(flops.gated_layers(gated), bias):
+        np.testing.assert_array_equal(layer.gate.excite_bias.numpy(), old)
+    with pytest.raises(ValueError, match="budget=0.005"):
+        training.land_on_budget(gated, 0.005, x)  # a layer keeps at least one channel
+    with pytest.raises(ValueError, match="has no sanp or static gates"):
+        training.land_on_budget(sk.convert(plain, mode="fixed_k"), 0.5, x)
+
+
 @pytest.mark.parametrize("kill_after_epoch", [1])
 def test_kill_9_then_rerun_resumes(tmp_path, kill_after_epoch):
     out = tmp_path / "run"
