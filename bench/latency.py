@@ -20,6 +20,7 @@ decisions and of top-1 labels equal to Keras, and the largest logit difference.
 Writes `<output>.json` and `<output>.md` with the command that produced them.
 """
 
+import json
 import os
 import platform
 import sys
@@ -52,6 +53,10 @@ MODELS_DIR = flags.DEFINE_string("models_dir", "runs/latency", "Trained models, 
 QUICK_EPOCHS = flags.DEFINE_list("quick_epochs", ["3", "1", "6"],
                                  "Backbone, warm-up and fine-tune epochs of the quick runs.")
 OUTPUT = flags.DEFINE_string("output", "bench/results/latency", "Output path stem.")
+QUICK_IMAGES = flags.DEFINE_integer(
+    "quick_train_images", None,
+    "Train the quick runs on only this many of the sample's 5,000 training images (the "
+    "gates need training, not accuracy: this keeps ResNet-18 / VGG-19 within CPU reach).")
 TRAIN_ONLY = flags.DEFINE_bool("train_only", False, "Only train the missing quick runs.")
 FLAGS = flags.FLAGS
 KINDS = ("dense", "thinned", "masked", "portable", "kernels")
@@ -66,13 +71,16 @@ def trained_model(backbone, budget):
     b, w, f = (int(e) for e in QUICK_EPOCHS.value)
     dense = os.path.join(MODELS_DIR.value, f"{backbone}_dense")
     out = os.path.join(MODELS_DIR.value, f"{backbone}_{budget}")
+    subset = QUICK_IMAGES.value
     if not os.path.exists(os.path.join(out, "model.keras")):
         if not os.path.exists(os.path.join(dense, "model.keras")):
             example.run(backbone=backbone, mode="dense", dataset="embedded",
-                        backbone_epochs=b, output_dir=dense, command=results.command_line())
+                        backbone_epochs=b, train_subset=subset, output_dir=dense,
+                        command=results.command_line())
         example.run(backbone=backbone, budget=budget, dataset="embedded",
                     pretrained=os.path.join(dense, "model.keras"), warmup_epochs=w,
-                    finetune_epochs=f, output_dir=out, command=results.command_line())
+                    finetune_epochs=f, train_subset=subset, output_dir=out,
+                    command=results.command_line())
     return keras.models.load_model(os.path.join(out, "model.keras"))
 
 
@@ -119,6 +127,11 @@ def measure_one(backbone, budget, images):
     row = {"backbone": backbone, "budget": budget, "flops_ratio": stats["flops_ratio"],
            "dense_macs": stats["dense_macs"], "mean_macs": stats["mean_macs"],
            "theoretical_speedup": theoretical, "latency_ms": {}, "parity": {}}
+    with open(os.path.join(MODELS_DIR.value, f"{backbone}_{budget}", "report",
+                           "report.json")) as f:
+        trained = json.load(f)  # how the quick run was made, and what it reached
+    row["model"] = {key: trained.get(key) for key in ("command", "top1_error", "dataset",
+                                                      "landing")}
     for kind in ("masked", "portable", "kernels"):
         row["parity"][kind] = parity(model, paths[kind], images)
         print(f"{backbone} {budget} {kind} parity: {row['parity'][kind]}", flush=True)
@@ -154,6 +167,12 @@ def markdown(rows, command):
                 f"| {cell('masked')} | {cell('portable')} | {cell('kernels')} "
                 f"| {d / t['kernels'] / r['theoretical_speedup']:.2f} |"
             )
+    lines += ["", "Models (quick runs of `examples/train_cifar.py`, SANP; trained by the command "
+              "shown, top-1 error on the sample's 1,000 test images):", ""]
+    for r in rows:
+        m = r["model"]
+        lines.append(f"- {r['backbone']} {r['budget']}: {100 * m['top1_error']:.1f} % error, "
+                     f"{m['dataset']}, by `{m['command']}`")
     lines += ["", "Parity with Keras (decisions equal, top-1 equal, max logit difference):", "",
               "| backbone | budget | kind | decisions | top-1 | max diff |", "|---|---|---|---|---|---|"]
     for r in rows:
