@@ -172,14 +172,16 @@ def markdown(rows, command):
     for r in rows:
         m = r["model"]
         lines.append(f"- {r['backbone']} {r['budget']}: {100 * m['top1_error']:.1f} % error, "
-                     f"{m['dataset']}, by `{m['command']}`")
-    lines += ["", "Parity with Keras (decisions equal, top-1 equal, max logit difference):", "",
-              "| backbone | budget | kind | decisions | top-1 | max diff |", "|---|---|---|---|---|---|"]
+                     f"by `{m['command']}`")
+    lines += ["", "Parity with Keras (decisions equal, top-1 equal, max logit difference, and "
+              "the largest Keras logit, the scale of that difference):", "",
+              "| backbone | budget | kind | decisions | top-1 | max diff | max abs logit |",
+              "|---|---|---|---|---|---|---|"]
     for r in rows:
         for kind, p in r["parity"].items():
             lines.append(f"| {r['backbone']} | {r['budget']} | {kind} "
                          f"| {100 * p['decisions_equal']:.3f} % | {100 * p['top1_equal']:.2f} % "
-                         f"| {p['max_logit_diff']:.2e} |")
+                         f"| {p['max_logit_diff']:.2e} | {p['max_abs_logit']:.3g} |")
     return "\n".join(lines) + "\n"
 
 

@@ -235,7 +235,9 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
     if landing:
         result["landing"] = landing
     result["budget"] = budget if mode != "dense" else 1.0
-    result["dataset"] = data.description
+    result["dataset"] = data.description + (
+        f"; used {len(data.train):,} train / {len(data.test):,} test images drawn at random"
+        if train_subset or test_subset else "")
     paths = report.write_report(result, os.path.join(output_dir, "report"), command)
     print(report.markdown(result, command))
     print("Report:", ", ".join(paths.values()))

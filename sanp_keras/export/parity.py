@@ -17,8 +17,9 @@ def compare(model, runner, images, batch_size=1):
     """Agreement of a model exported with `decisions=True` with `model` on `images`.
 
     Returns a dict: `decisions_equal` (share of (image, channel) gate decisions equal),
-    `top1_equal` (share of images with the same top-1 label), `max_logit_diff`, and
-    `open_share` (mean share of open channels over the gated layers, in Keras).
+    `top1_equal` (share of images with the same top-1 label), `max_logit_diff`,
+    `max_abs_logit` (the largest Keras logit: the scale that difference is relative to)
+    and `open_share` (mean share of open channels over the gated layers, in Keras).
     """
     got = run_all(runner, images, batch_size)
     want = model.predict(images, verbose=0, batch_size=100)
@@ -32,5 +33,6 @@ def compare(model, runner, images, batch_size=1):
         "decisions_equal": float(agree.mean()),
         "top1_equal": float((got["output"].argmax(1) == want.argmax(1)).mean()),
         "max_logit_diff": float(np.abs(got["output"] - want).max()),
+        "max_abs_logit": float(np.abs(want).max()),
         "open_share": float(np.mean([np.asarray(decisions[n]).mean() for n in names])),
     }
