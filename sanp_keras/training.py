@@ -199,17 +199,16 @@ def land_on_budget(model, budget, images, tolerance=0.01, steps=20):
     whole network, so the layers keep the balance training gave them.
 
     The budget is a ceiling: a model at or under it is left as it is. Reopening
-    channels that training closed does not give their accuracy back (a ResNet-20 SANP
-    model at 0.325 of a 0.35 budget went from 58.7 % to 67.6 % top-1 error when a
-    threshold of -0.75 brought it to 0.348).
+    channels that training closed does not give their accuracy back (in a trial, a
+    ResNet-20 SANP model at 0.325 of a 0.35 budget went from 58.7 % to 67.6 % top-1
+    error when a threshold of -0.75 brought it to 0.348).
 
     Args:
         model: a gated model.
         budget: the mean cost not to exceed, as a fraction of the dense MACs.
         images: array `(N, H, W, C)` (or a dataset of batches) to measure on: training
             images, so that the test set stays unseen.
-        tolerance: how far under `budget` the bisection may stop; also the excess that
-            is let through untouched.
+        tolerance: how far under `budget` the bisection may stop.
         steps: bisection steps.
 
     Returns:
@@ -241,10 +240,11 @@ def land_on_budget(model, budget, images, tolerance=0.01, steps=20):
     low, high = 0.0, 0.5
     while cost(high) > budget:
         if high >= 64:
+            cost(0.0)  # the model as it came
             raise ValueError(
                 f"No threshold brings model '{model.name}' to budget={budget}: with a "
                 f"shift of {high} its cost is still {tried[high]:.3f} of dense (a layer "
-                "keeps at least one channel)."
+                "keeps at least one channel). The model is left unchanged."
             )
         low, high = high, 2 * high
     for _ in range(steps):

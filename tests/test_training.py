@@ -152,6 +152,8 @@ def test_land_on_budget_leaves_a_model_under_budget_alone_and_rejects_the_imposs
         np.testing.assert_array_equal(layer.gate.excite_bias.numpy(), old)
     with pytest.raises(ValueError, match="budget=0.005"):
         training.land_on_budget(gated, 0.005, x)  # a layer keeps at least one channel
+    for layer, old in zip(flops.gated_layers(gated), bias):  # and it is left unchanged
+        np.testing.assert_array_equal(layer.gate.excite_bias.numpy(), old)
     with pytest.raises(ValueError, match="has no sanp or static gates"):
         training.land_on_budget(sk.convert(plain, mode="fixed_k"), 0.5, x)
 
