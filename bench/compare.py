@@ -136,23 +136,6 @@ def export_candidates(method, folder, calibration, kinds):
     return paths
 
 
-def time_all(paths, image, threads, runs, warmup):
-    """Median ms of every file; all interleaved in chunks so that noise hits all alike."""
-    import numpy as np
-
-    from sanp_keras import export
-
-    runners = {key: export.KernelRunner(p, num_threads=threads) for key, p in paths.items()}
-    samples = {key: [] for key in paths}
-    for runner in runners.values():
-        runner.time(image, runs=1, warmup=warmup)
-    chunk = max(1, runs // 10)
-    for _ in range(-(-runs // chunk)):
-        for key, runner in runners.items():
-            samples[key].extend(runner.time(image, runs=chunk, warmup=1))
-    return {key: float(np.median(s)) for key, s in samples.items()}
-
-
 def _label(method):
     return {"sanp": "SANP", "fixed_k": "FIXED-K", "static": "STATIC", "fbs": "FBS",
             "slimming": "Network Slimming", "thin": "thin dense", "tfmot": "tfmot magnitude",
@@ -212,6 +195,7 @@ def _row(method, budget, result, folder, tolerance):
 def main(argv):
     del argv
     from sanp_keras import datasets
+    from sanp_keras import export
 
     command = results.command_line()
     backbone = FLAGS.backbone
@@ -274,8 +258,8 @@ def main(argv):
         for kind, path in candidates.items():
             paths[(row["method"], row["budget"], kind)] = path
     print(f"[compare] timing {len(paths)} exports side by side", flush=True)
-    timed = time_all({f"{k[0]}|{k[1]}|{k[2]}": p for k, p in paths.items()}, image,
-                     THREADS.value, RUNS.value, WARMUP_RUNS.value)
+    timed = export.time_side_by_side({f"{k[0]}|{k[1]}|{k[2]}": p for k, p in paths.items()},
+                                     image, THREADS.value, RUNS.value, WARMUP_RUNS.value)
     all_latencies = {}
     for row in rows:
         mine = {key.split("|")[2]: ms for key, ms in timed.items()

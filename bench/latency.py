@@ -29,7 +29,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
@@ -105,19 +104,6 @@ def parity(model, path, images):
     return export.parity.compare(model, export.KernelRunner(path), images)
 
 
-def time_models(paths, image, threads):
-    """Median latency (ms) of every model; kinds interleaved so noise hits all alike."""
-    runners = {kind: export.KernelRunner(p, num_threads=threads) for kind, p in paths.items()}
-    samples = {kind: [] for kind in paths}
-    chunk = max(1, RUNS.value // 10)
-    for kind, runner in runners.items():
-        runner.time(image, runs=1, warmup=WARMUP.value)
-    for _ in range(-(-RUNS.value // chunk)):
-        for kind, runner in runners.items():
-            samples[kind].extend(runner.time(image, runs=chunk, warmup=1))
-    return {kind: float(np.median(s)) for kind, s in samples.items()}
-
-
 def measure_one(backbone, budget, images):
     model = trained_model(backbone, budget)
     stats = sk.flops.measure(model, images)
@@ -136,7 +122,8 @@ def measure_one(backbone, budget, images):
         row["parity"][kind] = parity(model, paths[kind], images)
         print(f"{backbone} {budget} {kind} parity: {row['parity'][kind]}", flush=True)
     for threads in (int(t) for t in THREADS.value):
-        row["latency_ms"][threads] = time_models(paths, images[:1], threads)
+        row["latency_ms"][threads] = export.time_side_by_side(
+            paths, images[:1], threads, RUNS.value, WARMUP.value)
         print(f"{backbone} {budget} {threads} thread(s): {row['latency_ms'][threads]}",
               flush=True)
     return row

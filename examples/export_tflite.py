@@ -20,7 +20,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
@@ -71,8 +70,8 @@ def run(model_path, kind="portable", output=None, dataset="embedded", data_dir=N
     if kind != "masked" and os.path.exists(export.runners.library_path()):
         dense_path = os.path.splitext(output)[0] + "_dense.tflite"
         export.export_tflite(sk.strip(model), dense_path, "masked", batch_size=1)
-        times = {name: float(np.median(export.KernelRunner(p, num_threads=threads).time(
-            test[:1], runs=100))) for name, p in (("dense", dense_path), (kind, output))}
+        times = export.time_side_by_side({"dense": dense_path, kind: output}, test[:1],
+                                         threads, runs=100)
         result["latency_ms"] = times
         print(f"Batch-1 latency, {threads} thread(s), median of 100: dense "
               f"{times['dense']:.2f} ms, {kind} {times[kind]:.2f} ms "

@@ -269,6 +269,25 @@ def per_sample_macs(nodes, decisions, count, include_bias=False):
     return total
 
 
+def mean_macs_function(model, include_bias=False):
+    """A function `f(data) -> mean MACs per sample` of `model` as its gates stand now.
+
+    The graph is traced and the decision function built once, so a caller that moves
+    the gates' weights between calls (a bisection on a threshold, a controller)
+    measures each setting without rebuilding them. A change to a Python attribute
+    (`keep_ratio`) is not seen: it was fixed when the function was traced. `data` is
+    what `measure` takes.
+    """
+    nodes = trace(model)
+    run = decision_function(model)
+
+    def mean_macs(data):
+        decisions, count = collect_decisions(model, data, run=run)
+        return float(np.mean(per_sample_macs(nodes, decisions, count, include_bias)))
+
+    return mean_macs
+
+
 def measure(model, data, batch_size=256, include_bias=False, percentiles=(5, 50, 95)):
     """Per-sample cost of a gated model over a dataset, in inference mode.
 

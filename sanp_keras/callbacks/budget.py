@@ -135,7 +135,7 @@ class BudgetCallback(keras.callbacks.Callback):
     def set_model(self, model):
         super().set_model(model)
         self._nodes = None
-        self._run = None
+        self._mean_macs = None
 
     def _setup(self):
         model = self.model
@@ -213,13 +213,9 @@ class BudgetCallback(keras.callbacks.Callback):
 
     def inference_macs(self):
         """Exact mean inference MACs per sample on `calibration_data`."""
-        if self._run is None:
-            self._run = flops.decision_function(self.model)
-        decisions, count = flops.collect_decisions(
-            self.model, self.calibration_data, run=self._run
-        )
-        return float(np.mean(flops.per_sample_macs(self._nodes, decisions, count,
-                                                   self.include_bias)))
+        if self._mean_macs is None:
+            self._mean_macs = flops.mean_macs_function(self.model, self.include_bias)
+        return self._mean_macs(self.calibration_data)
 
     def on_train_batch_end(self, batch, logs=None):
         if self._nodes is None:

@@ -151,3 +151,23 @@ class KernelRunner:
 
     def __del__(self):
         self.close()
+
+
+def time_side_by_side(paths, x, num_threads=1, runs=200, warmup=20):
+    """Median latency (ms) of every `.tflite` in `paths` (dict name -> path) on `x`.
+
+    Each model is warmed up, then all are run in turn in chunks of `runs // 10`, so
+    that the noise of a shared machine hits every model alike: compare the medians
+    of one call, not of two.
+    """
+    runners = {name: KernelRunner(p, num_threads=num_threads) for name, p in paths.items()}
+    samples = {name: [] for name in paths}
+    for runner in runners.values():
+        runner.time(x, runs=1, warmup=warmup)
+    chunk = max(1, runs // 10)
+    for _ in range(-(-runs // chunk)):
+        for name, runner in runners.items():
+            samples[name].extend(runner.time(x, runs=chunk, warmup=1))
+    for runner in runners.values():
+        runner.close()
+    return {name: float(np.median(s)) for name, s in samples.items()}
