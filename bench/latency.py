@@ -17,7 +17,9 @@ decisions and of top-1 labels equal to Keras, and the largest logit difference.
     python bench/latency.py --backbones=resnet20,mcifarnet,resnet18,vgg19 \
         --budgets=0.5,0.33 --output=bench/results/latency
 
-Writes `<output>.json` and `<output>.md` with the command that produced them.
+Writes `<output>.json` and `<output>.md` with the command that produced them. Rows
+of an earlier run that this one does not measure again are kept (`--keep_rows`), each
+naming the command that measured it: backbones can be measured one at a time.
 """
 
 import json
@@ -56,8 +58,18 @@ QUICK_IMAGES = flags.DEFINE_integer(
     "quick_train_images", None,
     "Train the quick runs on only this many of the sample's 5,000 training images (the "
     "gates need training, not accuracy: this keeps ResNet-18 / VGG-19 within CPU reach).")
+QUICK_BATCH = flags.DEFINE_integer(
+    "quick_batch_size", 128,
+    "Batch size of the quick runs: smaller gives a few-image run enough steps for its "
+    "batch-norm statistics and its budget controller to settle.")
 TRAIN_ONLY = flags.DEFINE_bool("train_only", False, "Only train the missing quick runs.")
+KEEP = flags.DEFINE_bool(
+    "keep_rows", True,
+    "Keep the rows of `<output>.json` that this run does not measure again (each row "
+    "names the command that measured it), so backbones can be measured one at a time "
+    "and an interrupted run loses nothing.")
 FLAGS = flags.FLAGS
+ORDER = ("resnet20", "mcifarnet", "resnet18", "vgg19")
 KINDS = ("dense", "thinned", "masked", "portable", "kernels")
 
 
@@ -75,16 +87,22 @@ def trained_model(backbone, budget):
         if not os.path.exists(os.path.join(dense, "model.keras")):
             example.run(backbone=backbone, mode="dense", dataset="embedded",
                         backbone_epochs=b, train_subset=subset, output_dir=dense,
+                        batch_size=QUICK_BATCH.value,
                         command=results.command_line())
         example.run(backbone=backbone, budget=budget, dataset="embedded",
                     pretrained=os.path.join(dense, "model.keras"), warmup_epochs=w,
                     finetune_epochs=f, train_subset=subset, output_dir=out,
+                    batch_size=QUICK_BATCH.value,
                     command=results.command_line())
     return keras.models.load_model(os.path.join(out, "model.keras"))
 
 
 def export_all(model, images, folder):
-    """The five models of one (backbone, budget) as .tflite files, batch 1."""
+    """The five models of one (backbone, budget) as .tflite files, batch 1.
+
+    Returns (paths to time, as an app would ship them; paths of the gated kinds that
+    also output every gate's decisions, for the parity check).
+    """
     os.makedirs(folder, exist_ok=True)
     paths = {
         "dense": export.export_tflite(sk.strip(model), f"{folder}/dense.tflite", "masked",
@@ -92,11 +110,14 @@ def export_all(model, images, folder):
         "thinned": export.export_tflite(_thinned.thinned_model(model, images),
                                         f"{folder}/thinned.tflite", "masked", batch_size=1),
     }
+    with_decisions = {}
     for kind in ("masked", "portable", "kernels"):
         paths[kind] = export.export_tflite(
-            model, f"{folder}/{kind}.tflite", kind, calibration_data=images,
+            model, f"{folder}/{kind}.tflite", kind, calibration_data=images, batch_size=1)
+        with_decisions[kind] = export.export_tflite(
+            model, f"{folder}/{kind}_decisions.tflite", kind, calibration_data=images,
             decisions=True, batch_size=1)
-    return paths
+    return paths, with_decisions
 
 
 def parity(model, path, images):
@@ -109,30 +130,38 @@ def measure_one(backbone, budget, images):
     stats = sk.flops.measure(model, images)
     theoretical = stats["dense_macs"] / stats["mean_macs"]
     folder = os.path.join(MODELS_DIR.value, f"{backbone}_{budget}", "tflite")
-    paths = export_all(model, images[:256], folder)
+    paths, with_decisions = export_all(model, images[:256], folder)
     row = {"backbone": backbone, "budget": budget, "flops_ratio": stats["flops_ratio"],
            "dense_macs": stats["dense_macs"], "mean_macs": stats["mean_macs"],
-           "theoretical_speedup": theoretical, "latency_ms": {}, "parity": {}}
+           "theoretical_speedup": theoretical, "latency_ms": {}, "parity": {},
+           "command": results.command_line()}
     with open(os.path.join(MODELS_DIR.value, f"{backbone}_{budget}", "report",
                            "report.json")) as f:
         trained = json.load(f)  # how the quick run was made, and what it reached
     row["model"] = {key: trained.get(key) for key in ("command", "top1_error", "dataset",
                                                       "landing")}
     for kind in ("masked", "portable", "kernels"):
-        row["parity"][kind] = parity(model, paths[kind], images)
+        row["parity"][kind] = parity(model, with_decisions[kind], images)
         print(f"{backbone} {budget} {kind} parity: {row['parity'][kind]}", flush=True)
     for threads in (int(t) for t in THREADS.value):
         row["latency_ms"][threads] = export.time_side_by_side(
             paths, images[:1], threads, RUNS.value, WARMUP.value)
         print(f"{backbone} {budget} {threads} thread(s): {row['latency_ms'][threads]}",
               flush=True)
+    runner = export.KernelRunner(paths["kernels"], num_threads=1)
+    inside, calls = runner.kernel_time(images[:1], RUNS.value)
+    runner.close()
+    row["kernels_inside_ms"] = inside  # 1 thread; the rest is builtin ops and runtime
+    row["kernel_calls"] = calls
     return row
 
 
-def markdown(rows, command):
+def markdown(rows):
+    commands = list(dict.fromkeys(r.get("command", "(not recorded)") for r in rows))
     lines = [
         "# Batch-1 latency of the exports (LiteRT CompiledModel, XNNPACK)", "",
-        f"Command: `{command}`", "",
+        "Command" + ("s (each row names its own)" if len(commands) > 1 else "") + ": "
+        + ", ".join(f"`{c}`" for c in commands), "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         "shared and noisy: compare figures within a row, measured side by side.", "",
         "Speed-up = t_dense / t; 'of theory' = speed-up / (dense MACs / mean gated MACs).",
@@ -141,6 +170,7 @@ def markdown(rows, command):
         "| portable | kernels | kernels of theory |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    width = max(len(commands), 1)
     for r in rows:
         for threads, t in r["latency_ms"].items():
             d = t["dense"]
@@ -154,6 +184,20 @@ def markdown(rows, command):
                 f"| {cell('masked')} | {cell('portable')} | {cell('kernels')} "
                 f"| {d / t['kernels'] / r['theoretical_speedup']:.2f} |"
             )
+    lines += ["", "Where the time of `kernels` goes (1 thread): inside the sanp kernels, per "
+              "run, and the rest (builtin ops: the convolutions kept builtin, gates, "
+              "additions; and the runtime):", "",
+              "| backbone | budget | kernels ms | inside sanp kernels | calls | rest |"
+              + (" measured by |" if width > 1 else ""),
+              "|---|---|---|---|---|---|" + ("---|" if width > 1 else "")]
+    for r in rows:
+        if "kernels_inside_ms" not in r or 1 not in r["latency_ms"]:
+            continue
+        total = r["latency_ms"][1]["kernels"]
+        lines.append(f"| {r['backbone']} | {r['budget']} | {total:.2f} "
+                     f"| {r['kernels_inside_ms']:.2f} | {r['kernel_calls']:.0f} "
+                     f"| {total - r['kernels_inside_ms']:.2f} |"
+                     + (f" command {commands.index(r['command']) + 1} |" if width > 1 else ""))
     lines += ["", "Models (quick runs of `examples/train_cifar.py`, SANP; trained by the command "
               "shown, top-1 error on the sample's 1,000 test images):", ""]
     for r in rows:
@@ -172,6 +216,20 @@ def markdown(rows, command):
     return "\n".join(lines) + "\n"
 
 
+def previous_rows():
+    """The rows of an earlier run's `<output>.json`, each with its command."""
+    path = OUTPUT.value + ".json"
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        previous = json.load(f)
+    rows = previous.get("results", [])
+    for r in rows:
+        r.setdefault("command", previous.get("command", "(not recorded)"))
+        r["latency_ms"] = {int(k): v for k, v in r["latency_ms"].items()}
+    return rows
+
+
 def main(argv):
     del argv
     if TRAIN_ONLY.value:
@@ -180,14 +238,17 @@ def main(argv):
                 trained_model(backbone, budget)
         return
     images = datasets.normalized(datasets.load("embedded").test, PARITY.value)
-    rows = []
+    rows = previous_rows() if KEEP.value else []
     start = time.time()
     for backbone in BACKBONES.value:
         for budget in (float(b) for b in BUDGETS.value):
-            rows.append(measure_one(backbone, budget, images))
+            row = measure_one(backbone, budget, images)
+            rows = [r for r in rows if (r["backbone"], r["budget"]) != (backbone, budget)]
+            rows.append(row)
+            rows.sort(key=lambda r: (ORDER.index(r["backbone"]) if r["backbone"] in ORDER
+                                     else len(ORDER), -r["budget"]))
             results.write(OUTPUT.value, {"results": rows, "runs": RUNS.value,
-                                         "warmup": WARMUP.value},
-                          markdown(rows, results.command_line()))
+                                         "warmup": WARMUP.value}, markdown(rows))
             print(f"[{time.time() - start:.0f} s]", file=sys.stderr, flush=True)
 
 

@@ -1,7 +1,7 @@
 /* Fuzz test of sanp_gated_conv2d, meant to run under AddressSanitizer (make fuzz).
  *
  * Each iteration draws shapes, strides, padding, activation, gates (all closed, all
- * open, or random) and zeroed input channels, compares the kernel with a direct
+ * open, 1 to 4 open, or random) and zeroed input channels, compares the kernel with a direct
  * convolution, then feeds it malformed tensors (wrong rank, dtype, shape, short
  * buffers, bad params) that must be refused with an error status. Buffers are
  * allocated at their exact size, so any read past them is an ASan finding.
@@ -64,7 +64,7 @@ static void one_case(int iteration) {
   const int kw = kh;
   const int sh = range(1, 2), sw = sh;
   const int same = range(0, 1);
-  const int h = range(kh, 12), wd = range(kw, 12);
+  const int h = range(kh, 20), wd = range(kw, 20);  /* rows of >= 8 outputs: planar path */
   const int c_in = range(1, 40), c_out = range(1, 40), act = range(0, 2);
   int oh, ow, pt = 0, pl = 0;
   if (same) {
@@ -80,7 +80,8 @@ static void one_case(int iteration) {
   SanpTensor filter = tensor(SANP_FLOAT32, 4, fd), bias = tensor(SANP_FLOAT32, 1, bd);
   SanpTensor params = tensor(SANP_INT32, 3, pd), out = tensor(SANP_FLOAT32, 4, od);
   float* xs = x.data; float* ss = scale.data; float* fs = filter.data; float* bs = bias.data;
-  const int gates = range(0, 3);  /* 0: all closed, 1: all open, else random */
+  const int gates = range(0, 4);  /* 0: all closed, 1: all open, 2: 1 to 4 open, else random */
+  const int few = range(1, 4);
   for (int r = 0; r < c_in; ++r) {
     const int dead = range(0, 3) == 0;  /* a zeroed input channel */
     for (int p = 0; p < h * wd; ++p) xs[(size_t)p * c_in + r] = dead ? 0.0f : uniform();
@@ -88,7 +89,8 @@ static void one_case(int iteration) {
   for (size_t i = 0; i < (size_t)c_out * kh * kw * c_in; ++i) fs[i] = uniform();
   for (int c = 0; c < c_out; ++c) {
     bs[c] = uniform();
-    ss[c] = gates == 0 ? 0.0f : gates == 1 || range(0, 1) ? 0.5f + 0.5f * uniform() : 0.0f;
+    const int open = gates == 1 || (gates == 2 ? c < few : gates >= 3 && range(0, 1));
+    ss[c] = open ? 0.5f + 0.5f * uniform() : 0.0f;
   }
   int32_t* ps = params.data;
   memset(ps, 0, params.bytes);

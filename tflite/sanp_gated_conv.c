@@ -11,9 +11,14 @@
  *   3. layers with many pixels: the live inputs are packed into a zero-padded
  *      (Hp, Wp, k_in) map, the open filters into panels of 16, and a 6-pixel x
  *      16-channel kernel broadcasts inputs against two vectors of filters;
+ *   4. layers with at most 4 open channels and rows of >= 8 pixels (a vector of
+ *      channels would be mostly empty): the live inputs are packed into planes, one
+ *      per channel and stride phase, and a kernel of 2 channels x 4 vectors of 8
+ *      output pixels broadcasts filter taps against rows of the planes;
  *      either way MACs fall with k_in * k_out, as the FLOPs counter says;
- *   4. bias, scale and activation are applied and scattered to the open channels;
- *      every other output is 0.
+ *   5. bias, scale and activation are applied and scattered to the open channels
+ *      (stored as whole vectors where the open channels are contiguous); every
+ *      other output is 0.
  * Vectors are GCC/Clang vector extensions: AVX2 + FMA on x86-64 with -march, two
  * NEON registers per vector on arm64.
  */
@@ -23,8 +28,9 @@
 #include <string.h>
 
 typedef float v8f __attribute__((vector_size(32)));
+typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
 
-enum { PIXELS = 16, CHANNELS = 6, PANEL = 16, ROWS = 6 };
+enum { PIXELS = 16, CHANNELS = 6, PANEL = 16, ROWS = 6, PLANAR_MAX_OPEN = 4, VECTORS = 4 };
 
 const char* sanp_status_message(SanpStatus status) {
   switch (status) {
@@ -98,6 +104,23 @@ static inline float activate(float v, int act) {
   if (act >= 1 && v < 0.0f) v = 0.0f;
   if (act == 2 && v > 6.0f) v = 6.0f;
   return v;
+}
+
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+static inline v8f activate8(v8f v, int act) {
+  const v8f zero = {0}, six = zero + 6.0f;
+  if (act >= 1) v = (v8f)((v8i)v & (v > zero));  /* lanes of the comparison: 0 or -1 */
+  if (act == 2) {
+    const v8i over = v > six;
+    v = (v8f)(((v8i)v & ~over) | ((v8i)six & over));
+  }
+  return v;
+}
+
+/* Whether open[0:n] are n consecutive channels (one vector store can write them). */
+static inline int contiguous(const int* open, int n) {
+  return open[n - 1] - open[0] == n - 1;
 }
 
 /* acc[m] = sum_k w[m][index[k]] * a[k][0:16] for CHANNELS filter rows w[m], a being
@@ -195,7 +218,7 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
   const size_t panel_bytes = sizeof(float) * (size_t)taps * k_in_alloc * PANEL * panels;
   float* packed_x = calloc((size_t)hp * wp * k_in_alloc, sizeof(float));
   float* packed_w = aligned_alloc(64, (panel_bytes + 63) / 64 * 64);
-  int* tap_offset = malloc(sizeof(int) * (size_t)taps);
+  int* tap_offset = malloc(sizeof(int) * ((size_t)taps + pixels));
   if (packed_x == NULL || packed_w == NULL || tap_offset == NULL) {
     free(packed_x); free(packed_w); free(tap_offset);
     return SANP_ERROR_MEMORY;
@@ -221,15 +244,24 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
   }
   for (int i = 0; i < g->kh; ++i)
     for (int j = 0; j < g->kw; ++j) tap_offset[i * g->kw + j] = (i * wp + j) * k_in;
+  int* pixel_offset = tap_offset + taps;  /* where each output pixel's window starts */
+  for (int i = 0; i < g->out_h; ++i)
+    for (int j = 0; j < g->out_w; ++j)
+      pixel_offset[i * g->out_w + j] = (i * g->sh * wp + j * g->sw) * k_in;
   for (int panel = 0; panel < panels; ++panel) {
     const int lanes = k_out - panel * PANEL < PANEL ? k_out - panel * PANEL : PANEL;
     const float* weights = packed_w + (size_t)panel * taps * k_in * PANEL;
+    const int whole = lanes == PANEL && contiguous(open + panel * PANEL, PANEL);
+    v8f bias_v[2] = {{0}}, scale_v[2] = {{0}};
+    for (int l = 0; whole && l < PANEL; ++l) {
+      bias_v[l / 8][l % 8] = bs[open[panel * PANEL + l]];
+      scale_v[l / 8][l % 8] = sc[open[panel * PANEL + l]];
+    }
     for (int p0 = 0; lanes <= 8 && p0 < pixels; p0 += 2 * ROWS) {
       const float* a[2 * ROWS];
       for (int m = 0; m < 2 * ROWS; ++m) {
         const int p = p0 + m < pixels ? p0 + m : p0;  /* tail rows repeat a valid pixel */
-        a[m] = packed_x + ((size_t)(p / g->out_w) * g->sh * wp +
-                           (size_t)(p % g->out_w) * g->sw) * k_in;
+        a[m] = packed_x + pixel_offset[p];
       }
       v8f acc[2 * ROWS];
       pixel_rows_kernel_narrow(a, tap_offset, taps, k_in, weights, acc);
@@ -245,13 +277,18 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
       const float* a[ROWS];
       for (int m = 0; m < ROWS; ++m) {
         const int p = p0 + m < pixels ? p0 + m : p0;  /* tail rows repeat a valid pixel */
-        a[m] = packed_x + ((size_t)(p / g->out_w) * g->sh * wp +
-                           (size_t)(p % g->out_w) * g->sw) * k_in;
+        a[m] = packed_x + pixel_offset[p];
       }
       v8f acc[ROWS][2];
       pixel_rows_kernel(a, tap_offset, taps, k_in, weights, acc);
       for (int m = 0; m < ROWS && p0 + m < pixels; ++m) {
         float* dst = ys + (size_t)(p0 + m) * g->c_out;
+        if (whole) {  /* 16 consecutive open channels: two vector stores */
+          float* d = dst + open[panel * PANEL];
+          *(v8f_unaligned*)d = activate8((acc[m][0] + bias_v[0]) * scale_v[0], g->act);
+          *(v8f_unaligned*)(d + 8) = activate8((acc[m][1] + bias_v[1]) * scale_v[1], g->act);
+          continue;
+        }
         for (int l = 0; l < lanes; ++l) {
           const int c = open[panel * PANEL + l];
           const float v = (l < 8 ? acc[m][0][l] : acc[m][1][l - 8]) + bs[c];
@@ -262,6 +299,153 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
   }
   free(packed_x); free(packed_w); free(tap_offset);
   return SANP_OK;
+}
+
+/* acc[m][q] = sum over live inputs r and taps t of w[m][t, r] * plane_r[tap t][offset[q]:+8]
+ * for `nch` (1 or 2) open filters w[m] (rows of C_out, kh, kw, C_in) and VECTORS
+ * vectors of 8 output pixels, reading the planes of conv_planar in place. */
+static inline __attribute__((always_inline)) void planar_kernel(
+    const float* planes, size_t channel_stride, const int* tap_offset, int taps, int c_in,
+    const float* const w[2], const int* live, int k_in, const int offset[VECTORS], int nch,
+    v8f acc[2][VECTORS]) {
+  v8f a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
+  for (int r = 0; r < k_in; ++r) {
+    const float* plane = planes + (size_t)r * channel_stride;
+    const float* w0 = w[0] + live[r];
+    const float* w1 = w[1] + live[r];
+    for (int t = 0; t < taps; ++t, w0 += c_in, w1 += c_in) {
+      const float* p = plane + tap_offset[t];
+      const v8f x0 = *(const v8f_unaligned*)(p + offset[0]);
+      const v8f x1 = *(const v8f_unaligned*)(p + offset[1]);
+      const v8f x2 = *(const v8f_unaligned*)(p + offset[2]);
+      const v8f x3 = *(const v8f_unaligned*)(p + offset[3]);
+      a00 += *w0 * x0; a01 += *w0 * x1; a02 += *w0 * x2; a03 += *w0 * x3;
+      if (nch == 2) { a10 += *w1 * x0; a11 += *w1 * x1; a12 += *w1 * x2; a13 += *w1 * x3; }
+    }
+  }
+  acc[0][0] = a00; acc[0][1] = a01; acc[0][2] = a02; acc[0][3] = a03;
+  acc[1][0] = a10; acc[1][1] = a11; acc[1][2] = a12; acc[1][3] = a13;
+}
+
+/* Few open channels, rows of >= 8 output pixels: vectors run along output rows.
+ * Each live input r is packed into sh * sw zero-padded phase planes of (ph, rw):
+ * plane (a, b)[i][j] = x[i * sh + a - pad_top][j * sw + b - pad_left][live[r]], so that
+ * tap (di, dj) of output row i, columns j..j+7, is 8 consecutive floats of plane
+ * (di % sh, dj % sw), row i + di / sh, from column j + dj / sw. */
+static SanpStatus conv_planar(const Geometry* g, const float* xs, const float* ws,
+                              const float* bs, const float* sc, const int* open, int k_out,
+                              const int* live, int k_in, float* ys) {
+  const int taps = g->kh * g->kw, phases = g->sh * g->sw;
+  const int per_row = (g->out_w + 7) / 8;  /* vectors per output row */
+  const int ph = g->out_h + (g->kh - 1) / g->sh, rw = per_row * 8 + (g->kw - 1) / g->sw;
+  const size_t plane = (size_t)ph * rw, channel_stride = plane * phases;
+  const int vectors = g->out_h * per_row;
+  float* planes = calloc(channel_stride * (k_in > 0 ? (size_t)k_in : 1), sizeof(float));
+  int* tap_offset = malloc(sizeof(int) * (size_t)taps);
+  if (planes == NULL || tap_offset == NULL) {
+    free(planes); free(tap_offset);
+    return SANP_ERROR_MEMORY;
+  }
+  for (int a = 0; a < g->sh; ++a)
+    for (int b = 0; b < g->sw; ++b) {
+      /* plane columns j0 <= j < j1 hold input columns 0 <= iw < w */
+      const int j0 = (g->pl - b + g->sw - 1) / g->sw;
+      int j1 = (g->w - 1 + g->pl - b) / g->sw + 1;
+      if (j1 > rw) j1 = rw;
+      for (int i = 0; i < ph; ++i) {
+        const int ih = i * g->sh + a - g->pt;
+        if (ih < 0 || ih >= g->h || j1 <= j0) continue;
+        const float* row = xs + ((size_t)ih * g->w + (size_t)(j0 * g->sw + b - g->pl)) * g->c_in;
+        const size_t step = (size_t)g->sw * g->c_in;
+        float* dst = planes + (size_t)(a * g->sw + b) * plane + (size_t)i * rw + j0;
+        for (int r = 0; r < k_in; ++r, dst += channel_stride) {  /* contiguous writes */
+          const float* src = row + live[r];
+          for (int j = 0; j < j1 - j0; ++j) dst[j] = src[(size_t)j * step];
+        }
+      }
+    }
+  for (int di = 0; di < g->kh; ++di)
+    for (int dj = 0; dj < g->kw; ++dj)
+      tap_offset[di * g->kw + dj] = (int)((size_t)((di % g->sh) * g->sw + dj % g->sw) * plane +
+                                          (size_t)(di / g->sh) * rw + dj / g->sw);
+  const size_t filter_row = (size_t)taps * g->c_in;
+  for (int c0 = 0; c0 < k_out; c0 += 2) {
+    const int nch = k_out - c0 >= 2 ? 2 : 1;
+    const float* w[2] = {ws + (size_t)open[c0] * filter_row,
+                         ws + (size_t)open[c0 + nch - 1] * filter_row};
+    for (int v0 = 0; v0 < vectors; v0 += VECTORS) {
+      int offset[VECTORS];
+      for (int q = 0; q < VECTORS; ++q) {  /* tail vectors repeat a valid one */
+        const int v = v0 + q < vectors ? v0 + q : v0;
+        offset[q] = v / per_row * rw + v % per_row * 8;
+      }
+      v8f acc[2][VECTORS];
+      if (nch == 2)
+        planar_kernel(planes, channel_stride, tap_offset, taps, g->c_in, w, live, k_in, offset,
+                      2, acc);
+      else
+        planar_kernel(planes, channel_stride, tap_offset, taps, g->c_in, w, live, k_in, offset,
+                      1, acc);
+      for (int m = 0; m < nch; ++m) {
+        const int c = open[c0 + m];
+        for (int q = 0; q < VECTORS && v0 + q < vectors; ++q) {
+          const int v = v0 + q, i = v / per_row, j0 = v % per_row * 8;
+          const v8f y = activate8((acc[m][q] + bs[c]) * sc[c], g->act);
+          float* dst = ys + ((size_t)i * g->out_w + j0) * g->c_out + c;
+          for (int l = 0; l < 8 && j0 + l < g->out_w; ++l) dst[(size_t)l * g->c_out] = y[l];
+        }
+      }
+    }
+  }
+  free(planes); free(tap_offset);
+  return SANP_OK;
+}
+
+typedef uint32_t v8u __attribute__((vector_size(32)));
+typedef uint32_t v8u_unaligned __attribute__((vector_size(32), aligned(4)));
+
+/* live[r] = whether channel r of a (pixels, c) map holds a non-zero value (-0.0 is
+ * zero): the OR of its values' bits without the sign, 64 channels at a time in 8
+ * vector registers, stopping once every channel of the block has shown one. */
+static void live_channels(const float* xs, size_t pixels, int c, int* live) {
+  const uint32_t* bits = (const uint32_t*)xs;
+  const v8u magnitude = (v8u){0} + 0x7fffffffu;
+  int r0 = 0;
+  for (; r0 + 8 <= c; r0 += 64) {
+    const int n = (c - r0) / 8 < 8 ? (c - r0) / 8 : 8;  /* vectors in this block */
+    const v8u zero = {0}, unused = zero + 1u;  /* registers past n never read as dead */
+    v8u a0 = zero, a1 = n > 1 ? zero : unused, a2 = n > 2 ? zero : unused;
+    v8u a3 = n > 3 ? zero : unused, a4 = n > 4 ? zero : unused, a5 = n > 5 ? zero : unused;
+    v8u a6 = n > 6 ? zero : unused, a7 = n > 7 ? zero : unused;
+    const uint32_t* px = bits + r0;
+    for (size_t p = 0; p < pixels; ++p, px += c) {
+      a0 |= *(const v8u_unaligned*)px & magnitude;
+      if (n > 1) a1 |= *(const v8u_unaligned*)(px + 8) & magnitude;
+      if (n > 2) a2 |= *(const v8u_unaligned*)(px + 16) & magnitude;
+      if (n > 3) a3 |= *(const v8u_unaligned*)(px + 24) & magnitude;
+      if (n > 4) a4 |= *(const v8u_unaligned*)(px + 32) & magnitude;
+      if (n > 5) a5 |= *(const v8u_unaligned*)(px + 40) & magnitude;
+      if (n > 6) a6 |= *(const v8u_unaligned*)(px + 48) & magnitude;
+      if (n > 7) a7 |= *(const v8u_unaligned*)(px + 56) & magnitude;
+      if ((p & 15) == 15) {  /* every channel live: the rest of the map cannot change it */
+        const v8u none = (v8u)(a0 == zero) | (v8u)(a1 == zero) | (v8u)(a2 == zero) |
+                         (v8u)(a3 == zero) | (v8u)(a4 == zero) | (v8u)(a5 == zero) |
+                         (v8u)(a6 == zero) | (v8u)(a7 == zero);
+        int any = 0;
+        for (int l = 0; l < 8; ++l) any |= none[l] != 0;
+        if (!any) break;
+      }
+    }
+    const v8u a[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+    for (int v = 0; v < n; ++v)
+      for (int l = 0; l < 8; ++l) live[r0 + 8 * v + l] = a[v][l] != 0;
+    if (n < 8) { r0 += n * 8; break; }
+  }
+  for (int r = r0; r < c; ++r) {
+    uint32_t acc = 0;
+    for (size_t p = 0; p < pixels && acc == 0; ++p) acc |= bits[p * c + r] & 0x7fffffffu;
+    live[r] = acc != 0;
+  }
 }
 
 SanpStatus sanp_gated_conv2d(const SanpTensor* x, const SanpTensor* scale,
@@ -296,22 +480,16 @@ SanpStatus sanp_gated_conv2d(const SanpTensor* x, const SanpTensor* scale,
   int k_out = 0, k_in = 0;
   for (int c = 0; c < g.c_out; ++c)
     if (sc[c] != 0.0f) open[k_out++] = c;
-  /* live[] first holds a 0/1 flag per input channel, from a pass over x that stops
-   * once every channel has shown a non-zero value. */
-  memset(live, 0, sizeof(int) * (size_t)g.c_in);
-  for (size_t p = 0; p < (size_t)g.h * g.w; ++p) {
-    const float* px = xs + p * g.c_in;
-    for (int r = 0; r < g.c_in; ++r) live[r] |= px[r] != 0.0f;
-    if ((p & 7) == 7) {
-      int all = 1;
-      for (int r = 0; r < g.c_in && all; ++r) all = live[r];
-      if (all) break;
-    }
-  }
+  live_channels(xs, (size_t)g.h * g.w, g.c_in, live);
   for (int r = 0; r < g.c_in; ++r)
     if (live[r]) live[k_in++] = r;
   memset(ys, 0, sizeof(float) * (size_t)pixels * g.c_out);
   if (k_out == 0) { free(open); return SANP_OK; }
+  if (k_out <= PLANAR_MAX_OPEN && g.out_w >= 8) {  /* vectors over pixels, not channels */
+    s = conv_planar(&g, xs, ws, bs, sc, open, k_out, live, k_in, ys);
+    free(open);
+    return s;
+  }
   if (pixels >= 4 * k_out) {  /* early layers: packing the few filters is cheap */
     s = conv_pixel_rows(&g, xs, ws, bs, sc, open, k_out, live, k_in, ys);
     free(open);
@@ -365,3 +543,4 @@ SanpStatus sanp_gated_conv2d(const SanpTensor* x, const SanpTensor* scale,
   free(a);
   return SANP_OK;
 }
+

@@ -21,6 +21,17 @@ static _Thread_local SanpStatus last_status = SANP_OK;
 
 int sanp_last_kernel_status(void) { return (int)last_status; }
 
+static double now_ms(void);
+
+/* Time spent inside the gated-convolution kernels since the last reset, and their
+ * number of calls: `total - kernel` is what the rest of the graph costs. */
+static _Thread_local double kernel_ms = 0.0;
+static _Thread_local long kernel_calls = 0;
+
+double sanp_kernel_time_ms(void) { return kernel_ms; }
+long sanp_kernel_calls(void) { return kernel_calls; }
+void sanp_reset_kernel_time(void) { kernel_ms = 0.0; kernel_calls = 0; }
+
 static LiteRtStatus to_litert(SanpStatus s) {
   return s == SANP_OK ? kLiteRtStatusOk : kLiteRtStatusErrorInvalidArgument;
 }
@@ -88,7 +99,10 @@ static LiteRtStatus op_run(void* user_data, size_t num_inputs,
                                        : kLiteRtTensorBufferLockModeWrite, &t[locked]);
   }
   if (status == kLiteRtStatusOk) {
+    const double start = now_ms();
     last_status = sanp_gated_conv2d(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5]);
+    kernel_ms += now_ms() - start;
+    kernel_calls += 1;
     status = to_litert(last_status);
   } else {
     last_status = SANP_ERROR_SIZE;

@@ -60,6 +60,13 @@ def gate_scale(x, gate):
     return d, d * (g if gate.mode == "fbs" else tf.sigmoid(g))
 
 
+def _channels(v, rank):
+    """(B, C) to (B, 1, ..., 1, C) of `rank` dims, which the converter folds into the
+    broadcast of the op using it (`v[:, None, None, :]` costs a RESHAPE and a
+    STRIDED_SLICE; masked_conv keeps that form: `patching.py` keys on its shape)."""
+    return tf.reshape(v, (-1, *([1] * (rank - 2)), v.shape[-1]))
+
+
 def _activate(y, name):
     if name == "relu":
         return tf.nn.relu(y)
@@ -179,7 +186,7 @@ def portable_conv(x, folded, always_on=None):
         position_t = tf.constant(position.astype(np.int32))
     table = tf.concat(columns, axis=1)  # (H'W', 1 + |A| + k + 1)
     y = tf.reshape(tf.gather(table, position_t, axis=1), (1, out_h, out_w, c_out))
-    return _activate(y * scale[:, None, None, :], folded.activation), d
+    return _activate(y * _channels(scale, 4), folded.activation), d
 
 
 def kernels_conv(x, folded, builtin=False):
@@ -204,7 +211,7 @@ def depthwise(x, decisions, folded):
     y = tf.nn.depthwise_conv2d(
         x, folded.kernel, (1, *folded.strides, 1), folded.padding.upper()
     )
-    y = tf.nn.bias_add(y, folded.bias) * tf.cast(decisions, x.dtype)[:, None, None, :]
+    y = tf.nn.bias_add(y, folded.bias) * _channels(tf.cast(decisions, x.dtype), 4)
     return _activate(y, folded.activation)
 
 

@@ -99,6 +99,8 @@ class KernelRunner:
         lib.sanp_runner_time.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
                                          ctypes.POINTER(ctypes.c_double)]
         lib.sanp_runner_destroy.argtypes = [ctypes.c_void_p]
+        lib.sanp_kernel_time_ms.restype = ctypes.c_double
+        lib.sanp_kernel_calls.restype = ctypes.c_long
         self._lib = lib
         error = ctypes.create_string_buffer(512)
         self._handle = lib.sanp_runner_create(os.fsencode(path), int(num_threads), error, 512)
@@ -143,6 +145,17 @@ class KernelRunner:
         times = (ctypes.c_double * runs)()
         self._check(self._lib.sanp_runner_time(self._handle, warmup, runs, times), "Timing")
         return np.frombuffer(times, np.float64).copy()
+
+    def kernel_time(self, x, runs=200):
+        """Mean milliseconds per run spent inside the sanp kernels, and their calls.
+
+        The rest of a run's latency is the builtin ops (XNNPACK) and the runtime.
+        """
+        self.run(x)
+        self._lib.sanp_reset_kernel_time()
+        self._check(self._lib.sanp_runner_time(self._handle, 0, runs, (ctypes.c_double * runs)()),
+                    "Timing")
+        return self._lib.sanp_kernel_time_ms() / runs, self._lib.sanp_kernel_calls() / runs
 
     def close(self):
         if self._handle:

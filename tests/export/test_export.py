@@ -86,6 +86,15 @@ def test_kernels_model_holds_custom_ops_and_needs_no_builtin_conv(tmp_path):
     assert len(convs) == 2  # static (thinned at export) and dense stay builtin CONV_2D
 
 
+def test_kernel_time_counts_one_call_per_custom_op_and_runs(tmp_path, kernels_built):
+    model = _direct_model()
+    path = export.export_tflite(model, str(tmp_path / "k.tflite"), "kernels")
+    runner = export.KernelRunner(path, library=kernels_built)
+    inside, calls = runner.kernel_time(_images(model, 1), runs=5)
+    assert calls == 4  # the four SanpGatedConv2D ops, once per run
+    assert inside > 0
+
+
 def test_portable_model_has_builtin_ops_only_and_runs_in_the_stock_interpreter(tmp_path):
     from ai_edge_litert import schema_py_generated as schema
 
