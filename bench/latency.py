@@ -170,7 +170,7 @@ def markdown(rows):
         "| portable | kernels | kernels of theory |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    width = max(len(commands), 1)
+    several = len(commands) > 1
     for r in rows:
         for threads, t in r["latency_ms"].items():
             d = t["dense"]
@@ -188,8 +188,8 @@ def markdown(rows):
               "run, and the rest (builtin ops: the convolutions kept builtin, gates, "
               "additions; and the runtime):", "",
               "| backbone | budget | kernels ms | inside sanp kernels | calls | rest |"
-              + (" measured by |" if width > 1 else ""),
-              "|---|---|---|---|---|---|" + ("---|" if width > 1 else "")]
+              + (" measured by |" if several else ""),
+              "|---|---|---|---|---|---|" + ("---|" if several else "")]
     for r in rows:
         if "kernels_inside_ms" not in r or 1 not in r["latency_ms"]:
             continue
@@ -197,7 +197,7 @@ def markdown(rows):
         lines.append(f"| {r['backbone']} | {r['budget']} | {total:.2f} "
                      f"| {r['kernels_inside_ms']:.2f} | {r['kernel_calls']:.0f} "
                      f"| {total - r['kernels_inside_ms']:.2f} |"
-                     + (f" command {commands.index(r['command']) + 1} |" if width > 1 else ""))
+                     + (f" command {commands.index(r['command']) + 1} |" if several else ""))
     lines += ["", "Models (quick runs of `examples/train_cifar.py`, SANP; trained by the command "
               "shown, top-1 error on the sample's 1,000 test images):", ""]
     for r in rows:

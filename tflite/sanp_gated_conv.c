@@ -15,7 +15,7 @@
  *      channels would be mostly empty): the live inputs are packed into planes, one
  *      per channel and stride phase, and a kernel of 2 channels x 4 vectors of 8
  *      output pixels broadcasts filter taps against rows of the planes;
- *      either way MACs fall with k_in * k_out, as the FLOPs counter says;
+ *      in every layout MACs fall with k_in * k_out, as the FLOPs counter says;
  *   5. bias, scale and activation are applied and scattered to the open channels
  *      (stored as whole vectors where the open channels are contiguous); every
  *      other output is 0.
