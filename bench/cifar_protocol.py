@@ -35,13 +35,14 @@ def run(data, output_dir, budgets, backbone_epochs, warmup_epochs, finetune_epoc
         tolerance, command):
     dense_dir = os.path.join(output_dir, "dense")
     rows = [example.run(dataset=data, mode="dense", backbone_epochs=backbone_epochs,
-                        output_dir=dense_dir, command=command)]
+                        output_dir=dense_dir, command=command, export_kind="none")]
     for budget in budgets:
         rows.append(example.run(
             dataset=data, mode="sanp", budget=budget,
             pretrained=os.path.join(dense_dir, "model.keras"),
             warmup_epochs=warmup_epochs, finetune_epochs=finetune_epochs,
             output_dir=os.path.join(output_dir, f"sanp_{budget}"), command=command,
+            export_kind="none",
         ))
     for row in rows:
         row["budget_hit"] = abs(row["flops_ratio"] - row["budget"]) < tolerance

@@ -228,6 +228,7 @@ def main(argv):
         "backbone_lr": FLAGS.backbone_lr, "warmup_lr": FLAGS.warmup_lr,
         "finetune_lr": FLAGS.finetune_lr, "batch_size": FLAGS.batch_size,
         "train_subset": train_subset, "test_subset": test_subset, "seed": FLAGS.seed,
+        "export_kind": "none",  # each method is exported (and timed) further on
     }
     dense_model = FLAGS.pretrained
     if not dense_model:  # train the backbone on all the training data, once

@@ -40,6 +40,7 @@ import _thinned  # noqa: E402
 import sanp_keras as sk  # noqa: E402
 from sanp_keras import datasets  # noqa: E402
 from sanp_keras import export  # noqa: E402
+from sanp_keras.export import layer_choice  # noqa: E402
 
 example = _example.load()  # defines the example's flags too
 
@@ -62,6 +63,10 @@ QUICK_BATCH = flags.DEFINE_integer(
     "quick_batch_size", 128,
     "Batch size of the quick runs: smaller gives a few-image run enough steps for its "
     "batch-norm statistics and its budget controller to settle.")
+LAYER_CHOICE = flags.DEFINE_enum(
+    "layer_choice", "measured", ["measured", "threshold"],
+    "How each gated layer of `portable` / `kernels` picks its form (export_tflite's "
+    "layer_choice): timed per layer, or by its share of MACs.")
 TRAIN_ONLY = flags.DEFINE_bool("train_only", False, "Only train the missing quick runs.")
 KEEP = flags.DEFINE_bool(
     "keep_rows", True,
@@ -87,12 +92,12 @@ def trained_model(backbone, budget):
         if not os.path.exists(os.path.join(dense, "model.keras")):
             example.run(backbone=backbone, mode="dense", dataset="embedded",
                         backbone_epochs=b, train_subset=subset, output_dir=dense,
-                        batch_size=QUICK_BATCH.value,
+                        batch_size=QUICK_BATCH.value, export_kind="none",
                         command=results.command_line())
         example.run(backbone=backbone, budget=budget, dataset="embedded",
                     pretrained=os.path.join(dense, "model.keras"), warmup_epochs=w,
                     finetune_epochs=f, train_subset=subset, output_dir=out,
-                    batch_size=QUICK_BATCH.value,
+                    batch_size=QUICK_BATCH.value, export_kind="none",
                     command=results.command_line())
     return keras.models.load_model(os.path.join(out, "model.keras"))
 
@@ -101,7 +106,8 @@ def export_all(model, images, folder):
     """The five models of one (backbone, budget) as .tflite files, batch 1.
 
     Returns (paths to time, as an app would ship them; paths of the gated kinds that
-    also output every gate's decisions, for the parity check).
+    also output every gate's decisions, for the parity check; the layer plans of
+    portable and kernels).
     """
     os.makedirs(folder, exist_ok=True)
     paths = {
@@ -110,14 +116,19 @@ def export_all(model, images, folder):
         "thinned": export.export_tflite(_thinned.thinned_model(model, images),
                                         f"{folder}/thinned.tflite", "masked", batch_size=1),
     }
-    with_decisions = {}
+    with_decisions, plans = {}, {}
     for kind in ("masked", "portable", "kernels"):
+        choice = LAYER_CHOICE.value
+        if kind != "masked" and choice == "measured":
+            print(f"timing both forms of each layer for {kind} ...", flush=True)
+            choice = plans[kind] = layer_choice.measured_plan(model, kind, images)
         paths[kind] = export.export_tflite(
-            model, f"{folder}/{kind}.tflite", kind, calibration_data=images, batch_size=1)
+            model, f"{folder}/{kind}.tflite", kind, calibration_data=images, batch_size=1,
+            layer_choice=choice)
         with_decisions[kind] = export.export_tflite(
             model, f"{folder}/{kind}_decisions.tflite", kind, calibration_data=images,
-            decisions=True, batch_size=1)
-    return paths, with_decisions
+            decisions=True, batch_size=1, layer_choice=choice)
+    return paths, with_decisions, plans
 
 
 def parity(model, path, images):
@@ -130,11 +141,16 @@ def measure_one(backbone, budget, images):
     stats = sk.flops.measure(model, images)
     theoretical = stats["dense_macs"] / stats["mean_macs"]
     folder = os.path.join(MODELS_DIR.value, f"{backbone}_{budget}", "tflite")
-    paths, with_decisions = export_all(model, images[:256], folder)
+    paths, with_decisions, plans = export_all(model, images[:256], folder)
     row = {"backbone": backbone, "budget": budget, "flops_ratio": stats["flops_ratio"],
            "dense_macs": stats["dense_macs"], "mean_macs": stats["mean_macs"],
            "theoretical_speedup": theoretical, "latency_ms": {}, "parity": {},
-           "command": results.command_line()}
+           "command": results.command_line(), "layer_choice": LAYER_CHOICE.value}
+    if plans:  # how many of the input-dependent layers each kind runs gated
+        row["layers_gated"] = {
+            "portable": sum(not isinstance(e, str) for e in plans["portable"].values()),
+            "kernels": sum(not e for e in plans["kernels"].values()),
+            "of": len(plans["kernels"])}
     with open(os.path.join(MODELS_DIR.value, f"{backbone}_{budget}", "report",
                            "report.json")) as f:
         trained = json.load(f)  # how the quick run was made, and what it reached
@@ -184,18 +200,24 @@ def markdown(rows):
                 f"| {cell('masked')} | {cell('portable')} | {cell('kernels')} "
                 f"| {d / t['kernels'] / r['theoretical_speedup']:.2f} |"
             )
-    lines += ["", "Where the time of `kernels` goes (1 thread): inside the sanp kernels, per "
-              "run, and the rest (builtin ops: the convolutions kept builtin, gates, "
-              "additions; and the runtime):", "",
-              "| backbone | budget | kernels ms | inside sanp kernels | calls | rest |"
+    lines += ["", "Which layers run gated (of those whose gates vary with the input; the others "
+              "are a dense CONV_2D times their gates, the form timed faster, or under "
+              "'threshold' the one keeping > 55 % of its MACs), and where the time of "
+              "`kernels` goes (1 thread): inside the sanp kernels, per run, and the rest "
+              "(builtin ops: convolutions kept builtin, gates, additions; and the runtime):", "",
+              "| backbone | budget | layer choice | portable: layers gathered | kernels: custom "
+              "ops | kernels ms | inside sanp kernels | rest |"
               + (" measured by |" if several else ""),
-              "|---|---|---|---|---|---|" + ("---|" if several else "")]
+              "|---|---|---|---|---|---|---|---|" + ("---|" if several else "")]
     for r in rows:
         if "kernels_inside_ms" not in r or 1 not in r["latency_ms"]:
             continue
         total = r["latency_ms"][1]["kernels"]
-        lines.append(f"| {r['backbone']} | {r['budget']} | {total:.2f} "
-                     f"| {r['kernels_inside_ms']:.2f} | {r['kernel_calls']:.0f} "
+        gated = r.get("layers_gated")
+        portable = f"{gated['portable']} of {gated['of']}" if gated else "-"
+        lines.append(f"| {r['backbone']} | {r['budget']} | {r.get('layer_choice', 'threshold')} "
+                     f"| {portable} "
+                     f"| {r['kernel_calls']:.0f} | {total:.2f} | {r['kernels_inside_ms']:.2f} "
                      f"| {total - r['kernels_inside_ms']:.2f} |"
                      + (f" command {commands.index(r['command']) + 1} |" if several else ""))
     lines += ["", "Models (quick runs of `examples/train_cifar.py`, SANP; trained by the command "

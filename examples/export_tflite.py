@@ -10,6 +10,11 @@ Kinds (see `sanp_keras.export_tflite`):
 - kernels: batch 1, gated convolutions as SanpGatedConv2D custom ops run by the C
   kernels of tflite/ (built here with `make -C tflite` if missing).
 
+For portable and kernels, each gated layer is exported alone in both of its exact
+forms (over its open channels, or a dense convolution times its gates) and timed on
+its calibration inputs, and the faster is kept (`--layer_choice=measured`, about a
+second per layer; `threshold` decides by the share of MACs each layer keeps).
+
 Then it runs `--check_images` test images through the exported file and Keras, and
 prints how many decisions and top-1 labels agree, the largest logit difference and
 the batch-1 latency next to the dense model's.
@@ -36,11 +41,15 @@ flags.DEFINE_string("data_dir", None, "Folder with the official archive or tfds 
 flags.DEFINE_integer("calibration_images", 256, "Images that find always-open channels.")
 flags.DEFINE_integer("check_images", 200, "Test images of the parity check (0: none).")
 flags.DEFINE_integer("threads", 1, "Threads of the latency check.")
+flags.DEFINE_enum("layer_choice", "measured", ["measured", "threshold"],
+                  "portable / kernels: per layer, the faster of the gathered (custom-op) form "
+                  "and a dense convolution times the gates, timed here (about a second per "
+                  "layer), or by the share of MACs the layer keeps (instant).")
 FLAGS = flags.FLAGS
 
 
 def run(model_path, kind="portable", output=None, dataset="embedded", data_dir=None,
-        calibration_images=256, check_images=200, threads=1):
+        calibration_images=256, check_images=200, threads=1, layer_choice="measured"):
     """Exports, checks and times; returns a dict of the figures."""
     if not os.path.exists(model_path):
         raise FileNotFoundError(
@@ -55,7 +64,8 @@ def run(model_path, kind="portable", output=None, dataset="embedded", data_dir=N
         export.build_kernels()
     print(f"Exporting {model_path} as {kind} to {output} ...")
     export.export_tflite(model, output, kind, calibration_data=calibration, decisions=True,
-                         batch_size=None if kind == "masked" else 1)
+                         batch_size=None if kind == "masked" else 1,
+                         layer_choice=layer_choice, verbose=True)
     print(f"Wrote {output} ({os.path.getsize(output) / 1e6:.1f} MB).")
     result = {"output": output, "kind": kind}
     if check_images <= 0:
@@ -82,7 +92,7 @@ def run(model_path, kind="portable", output=None, dataset="embedded", data_dir=N
 def main(argv):
     del argv
     run(FLAGS.model, FLAGS.kind, FLAGS.output, FLAGS.dataset, FLAGS.data_dir,
-        FLAGS.calibration_images, FLAGS.check_images, FLAGS.threads)
+        FLAGS.calibration_images, FLAGS.check_images, FLAGS.threads, FLAGS.layer_choice)
 
 
 if __name__ == "__main__":

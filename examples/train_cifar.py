@@ -12,8 +12,9 @@ This script runs the recipe of the SANP paper (section 4.1.2) end to end:
    schedule ends with the cost still over the budget, one global gate threshold
    brings it down (`--land_budget`, `training.land_on_budget`);
 
-then it evaluates the model and writes a report (error, MACs, pruned %, the paper's
-Figure 4). `--mode` picks the method trained from that same backbone: `sanp`; the
+then it evaluates the model, writes a report (error, MACs, pruned %, the paper's
+Figure 4) and exports it to TFLite / LiteRT (`--export`, default `portable`: builtin
+ops only, each convolution computed over its open channels), checked against Keras. `--mode` picks the method trained from that same backbone: `sanp`; the
 paper's ablations `fixed_k` (the same fraction of every layer, per sample) and `static`
 (one decision for all samples); the baselines `fbs` (Gao et al. 2019: k-winners-take-all
 on a one-layer saliency), `slimming` (Liu et al. 2017: stage 3 trains with an L1 penalty
@@ -48,6 +49,7 @@ import numpy as np  # noqa: E402
 
 import sanp_keras as sk  # noqa: E402
 from sanp_keras import datasets  # noqa: E402
+from sanp_keras import export  # noqa: E402
 from sanp_keras import report  # noqa: E402
 from sanp_keras import slimming  # noqa: E402
 from sanp_keras import thinning  # noqa: E402
@@ -85,6 +87,9 @@ flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("train_subset", None, "Use only the first N training images.")
 flags.DEFINE_integer("test_subset", None, "Use only the first N test images.")
 flags.DEFINE_string("output_dir", "runs/default", "Checkpoints, logs and the report.")
+flags.DEFINE_enum("export", "portable", ["portable", "masked", "kernels", "none"],
+                  "Export the model to <output_dir>/model_<kind>.tflite (export_tflite; "
+                  "examples/export_tflite.py for more options) and check it against Keras.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 
 FLAGS = flags.FLAGS
@@ -116,8 +121,8 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         pretrained=None, backbone_epochs=6, warmup_epochs=1, finetune_epochs=6,
         backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01, batch_size=128,
         train_subset=None, test_subset=None, output_dir="runs/default", seed=0,
-        verbose=None, command=None):
-    """Trains, prunes and evaluates; returns the evaluation result (a dict)."""
+        verbose=None, command=None, export_kind="portable"):
+    """Trains, prunes, evaluates and exports; returns the evaluation result (a dict)."""
     keras.utils.set_random_seed(seed)
     if verbose is None:  # progress bars in a terminal, one line per epoch in a log
         verbose = 1 if sys.stdout.isatty() else 2
@@ -238,10 +243,32 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
     result["dataset"] = data.description + (
         f"; used {len(data.train):,} train / {len(data.test):,} test images drawn at random"
         if train_subset or test_subset else "")
+    if export_kind != "none":
+        result["export"] = export_and_check(model, export_kind, data.test, output_dir)
     paths = report.write_report(result, os.path.join(output_dir, "report"), command)
     print(report.markdown(result, command))
     print("Report:", ", ".join(paths.values()))
     return result
+
+
+def export_and_check(model, kind, test, output_dir, images=200):
+    """`model` as `<output_dir>/model_<kind>.tflite` (with its gates' decisions as extra
+    outputs), checked against Keras on `images` test images, which also calibrate it."""
+    x = datasets.normalized(test, images)
+    path = os.path.join(output_dir, f"model_{kind}.tflite")
+    if kind == "kernels" and not os.path.exists(export.runners.library_path()):
+        print("Building the kernels: make -C tflite")
+        export.build_kernels()
+    batch = None if kind == "masked" else 1
+    export.export_tflite(model, path, kind, calibration_data=x, decisions=True,
+                         batch_size=batch)
+    runner = export.KernelRunner(path) if kind == "kernels" else export.Interpreter(path)
+    check = export.parity.compare(model, runner, x, batch)
+    print(f"Exported {path} ({os.path.getsize(path) / 1e6:.1f} MB): on {len(x)} test images, "
+          f"decisions equal {100 * check['decisions_equal']:.3f} %, top-1 equal "
+          f"{100 * check['top1_equal']:.2f} %, largest logit difference "
+          f"{check['max_logit_diff']:.2e}.")
+    return {"path": path, "kind": kind, "check_images": len(x), **check}
 
 
 def main(argv):
@@ -251,7 +278,7 @@ def main(argv):
         "slimming_l1", "mode", "pretrained", "backbone_epochs", "warmup_epochs",
         "finetune_epochs", "backbone_lr", "warmup_lr", "finetune_lr", "batch_size",
         "train_subset", "test_subset", "output_dir", "seed")},
-        command="python " + " ".join(sys.argv))
+        command="python " + " ".join(sys.argv), export_kind=FLAGS.export)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,12 @@ def markdown(result, command=None):
             f"| {name} | {layer['dense_macs'] / 1e6:.3f} | {layer['mean_macs'] / 1e6:.3f} "
             f"| {layer['active_ratio']:.2f} | {cats} |"
         )
+    if "export" in result:
+        e = result["export"]
+        lines += ["", f"Exported to `{e['path']}` ({e['kind']}); against Keras on "
+                  f"{e['check_images']} test images: decisions equal "
+                  f"{100 * e['decisions_equal']:.3f} %, top-1 equal {100 * e['top1_equal']:.2f} %,"
+                  f" largest logit difference {e['max_logit_diff']:.2e}."]
     return "\n".join(lines) + "\n"
 
 

@@ -41,6 +41,12 @@ def test_default_path_on_a_tiny_slice_meets_the_budget(tmp_path):
         assert (tmp_path / "report" / name).exists()
     assert (tmp_path / "model.keras").exists()
     assert (tmp_path / "3_finetune" / "log.csv").read_text().startswith("epoch,")
+    # Exported (portable, the default) and checked against Keras on 200 test images.
+    exported = saved["export"]
+    assert exported["kind"] == "portable" and os.path.exists(exported["path"])
+    assert exported["check_images"] == 200
+    assert exported["decisions_equal"] >= 0.999 and exported["top1_equal"] >= 0.99
+    assert exported["max_logit_diff"] < 1e-3 * max(1.0, exported["max_abs_logit"])
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +74,7 @@ def test_other_modes_train_from_the_backbone_and_report(mode, backbone, tmp_path
                 "budget", "mode"):
         assert key in saved
     assert saved["dense_macs"] == 40_551_040 and saved["mode"] == mode
+    assert saved["export"]["top1_equal"] >= 0.99  # gated or plain, it exports
     if mode in ("fixed_k", "slimming", "thin"):
         assert abs(result["flops_ratio"] - 0.5) < 0.03
     if mode in ("static", "fbs"):  # at most the budget (FBS: at most k per layer)

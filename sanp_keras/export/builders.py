@@ -15,6 +15,8 @@ Each builder re-runs the Keras functional graph on concrete tensors, in a
   at export, give a thinned builtin convolution instead).
 """
 
+import tempfile
+
 import numpy as np
 import tensorflow as tf
 
@@ -149,6 +151,9 @@ def portable_conv(x, folded, always_on=None):
         out_h = (height - kh) // folded.strides[0] + 1
         out_w = (width - kw) // folded.strides[1] + 1
     pixels = out_h * out_w
+    if static.size == c_out:  # every channel static: one CONV_2D, no scatter
+        y = _conv(x, folded.kernel, folded.bias, folded)
+        return _activate(y * _channels(scale, 4), folded.activation), d
 
     columns = [tf.zeros((pixels, 1), x.dtype)]  # column 0: a pruned channel
     position = np.zeros(c_out, np.int64)  # where each output channel is found
@@ -279,3 +284,18 @@ def inference_function(model, kind, plan=None, decisions=False, batch_size=None)
         return result
 
     return run, signature
+
+
+def convert(function, signature, weights=()):
+    """TFLite flatbuffer of a tf.function, builtin ops only (a Flex op fails loudly).
+
+    weights: variables the function reads, tracked so that saving can freeze them.
+    """
+    module = tf.Module()
+    module.run = function
+    module.weights = list(weights)
+    with tempfile.TemporaryDirectory() as tmp:
+        tf.saved_model.save(module, tmp, signatures=function.get_concrete_function(*signature))
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        return converter.convert()

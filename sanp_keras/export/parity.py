@@ -25,14 +25,14 @@ def compare(model, runner, images, batch_size=1):
     want = model.predict(images, verbose=0, batch_size=100)
     decisions = flops.decision_function(model)(images)
     names = [layer.name for layer in flops.gated_layers(model) if layer.mode != "dense"]
-    agree = np.concatenate([
+    agree = np.concatenate([  # a model without gates: nothing to disagree on
         (got[f"decisions_{i:03d}"] == np.asarray(decisions[n])).ravel()
         for i, n in enumerate(names)
-    ])
+    ] + [np.ones(1, bool)] * (not names))
     return {
         "decisions_equal": float(agree.mean()),
         "top1_equal": float((got["output"].argmax(1) == want.argmax(1)).mean()),
         "max_logit_diff": float(np.abs(got["output"] - want).max()),
         "max_abs_logit": float(np.abs(want).max()),
-        "open_share": float(np.mean([np.asarray(decisions[n]).mean() for n in names])),
+        "open_share": float(np.mean([np.asarray(decisions[n]).mean() for n in names] or [1.0])),
     }

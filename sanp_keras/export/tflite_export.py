@@ -1,13 +1,12 @@
 """`export_tflite`: a gated Keras model to a `.tflite` file of one of three kinds."""
 
 import os
-import tempfile
 
 import numpy as np
-import tensorflow as tf
 
 from sanp_keras import flops
 from sanp_keras.export import builders
+from sanp_keras.export import layer_choice as choice
 from sanp_keras.export import patching
 
 
@@ -36,20 +35,11 @@ def builtin_layers(model, calibration_data, threshold=KERNEL_COST_RATIO):
             for name, stats in per_layer.items() if stats.get("kind") == "conv"}
 
 
-def _convert(function, signature, model):
-    """TFLite flatbuffer of a tf.function, builtin ops only (a Flex op fails loudly)."""
-    module = tf.Module()
-    module.run = function
-    module.weights = [w.value for w in model.weights]  # tracked, so saving can freeze them
-    with tempfile.TemporaryDirectory() as tmp:
-        tf.saved_model.save(module, tmp, signatures=function.get_concrete_function(*signature))
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        return converter.convert()
+LAYER_CHOICES = ("threshold", "measured")
 
 
 def export_tflite(model, path, kind="portable", calibration_data=None, decisions=False,
-                  batch_size=None):
+                  batch_size=None, layer_choice="threshold", verbose=False):
     """Writes `model` (holding SPMConv2D layers) to a `.tflite` file.
 
     Args:
@@ -68,26 +58,46 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
             checks), besides "output".
         batch_size: the input's batch dimension; None (any) is allowed for `masked`
             only, the other kinds are batch 1.
+        layer_choice: for `portable` and `kernels` with calibration data, how each
+            gated layer picks between its gathered / custom-op form and a dense
+            CONV_2D times its gates: "threshold" (by the share of MACs it keeps,
+            `builtin_layers`: instant) or "measured" (each layer exported alone in both
+            forms and timed on its calibration inputs, `layer_choice.measured_plan`:
+            about a second per layer, and faster models), or the plan that
+            `layer_choice.measured_plan(model, kind, calibration_data)` returned, to
+            export one model several times measuring once.
+        verbose: log the progress of a measured layer choice.
 
     Returns:
         The path written.
     """
     if kind not in builders.KINDS:
         raise ValueError(f"Unknown export kind {kind!r}; expected one of {builders.KINDS}.")
+    if not isinstance(layer_choice, dict) and layer_choice not in LAYER_CHOICES:
+        raise ValueError(f"Unknown layer_choice {layer_choice!r}; expected one of "
+                         f"{LAYER_CHOICES} or a plan from layer_choice.measured_plan.")
+    if layer_choice == "measured" and calibration_data is None and kind != "masked":
+        raise ValueError("layer_choice='measured' times each layer on calibration inputs: "
+                         "pass calibration_data (images, N x H x W x C).")
     plan = None
-    if kind == "portable" and calibration_data is not None:
-        plan = always_on_channels(model, calibration_data)
-        for name, builtin in builtin_layers(model, calibration_data).items():
-            if builtin:
-                plan[name] = "dense"
-    if kind == "kernels" and calibration_data is not None:
-        plan = builtin_layers(model, calibration_data)
+    if isinstance(layer_choice, dict):
+        plan = layer_choice
+    elif kind in ("portable", "kernels") and calibration_data is not None:
+        if layer_choice == "measured":
+            plan = choice.measured_plan(model, kind, calibration_data, verbose=verbose)
+        elif kind == "kernels":
+            plan = builtin_layers(model, calibration_data)
+        else:
+            plan = always_on_channels(model, calibration_data)
+            for name, builtin in builtin_layers(model, calibration_data).items():
+                if builtin:
+                    plan[name] = "dense"
     function, signature = builders.inference_function(
         model, kind, plan, decisions=decisions, batch_size=batch_size)
-    flatbuffer = _convert(function, signature, model)
+    flatbuffer = builders.convert(function, signature, [w.value for w in model.weights])
     if kind == "kernels":
         gated = [layer for layer in flops.gated_layers(model)
-                 if layer.mode in ("sanp", "fixed_k", "fbs")
+                 if layer.mode in choice.DYNAMIC_MODES
                  and not (plan or {}).get(layer.name)]
         flatbuffer = patching.gated_convs_to_custom_ops(flatbuffer, expected=len(gated))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -1,0 +1,160 @@
+"""Per gated layer, the faster of two exact forms, timed in the runtime that runs it.
+
+Each export kind can compute a gated convolution in two ways that give the same
+output: `portable` gathers the open channels at run time (`builders.portable_conv`)
+or runs the dense CONV_2D times the gates (`builders.masked_conv`); `kernels` runs
+the sanp custom op or, again, a builtin CONV_2D times the gates. Which one is faster
+depends on the layer's shape, on how much it prunes and on the runtime: gathering a
+32x32 map of 16 channels costs several times XNNPACK's dense convolution of it
+even with 3 of 4 channels closed, while on a 4x4 map of 512 channels it wins. A MACs
+threshold (`tflite_export.builtin_layers`) guesses; `measured_plan` asks: it exports
+every gated layer alone in both forms and times them side by side on that layer's
+real inputs (its activations for calibration images).
+
+The times are those of the machine that exports: on a phone the crossover moves, so
+export on (or measure with) the target when the last percent matters.
+"""
+
+import os
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from sanp_keras import flops
+from sanp_keras import graph
+from sanp_keras.export import builders
+from sanp_keras.export import folding
+from sanp_keras.export import patching
+from sanp_keras.export import runners
+from sanp_keras.layers import SPMConv2D
+
+# Gate modes whose decisions change with the input (the others are settled at export).
+DYNAMIC_MODES = ("sanp", "fixed_k", "fbs")
+
+
+def layer_inputs(model, images):
+    """Every SPMConv2D's input for `images`: dict name -> (N, H, W, C_in) array."""
+    functional = graph.as_functional(model)
+    recorded = {}
+
+    def call(layer, *args, **kwargs):
+        if isinstance(layer, SPMConv2D):
+            recorded[layer.name] = args[0]
+        return layer(*args, **kwargs)
+
+    functional._run_through_graph(tf.convert_to_tensor(np.asarray(images, np.float32)),
+                                  operation_fn=lambda op: op, call_fn=call)
+    return {name: np.asarray(x) for name, x in recorded.items()}
+
+
+def one_layer_flatbuffer(build, shape):
+    """A batch-1 `.tflite` flatbuffer of `build(x) -> (y, decisions)` on inputs `shape`
+    (H, W, C), builtin ops only."""
+    signature = [tf.TensorSpec((1, *shape), tf.float32, name="image")]
+
+    @tf.function(input_signature=signature)
+    def run(image):
+        return {"output": build(image)[0]}
+
+    return builders.convert(run, signature)
+
+
+def _forms(kind, folded, always_on):
+    """{form name: (build, plan entry)} of one layer's two exact forms for `kind`."""
+    if kind == "portable":
+        return {
+            "gathered": (lambda x: builders.portable_conv(x, folded, always_on), always_on),
+            "dense": (lambda x: builders.masked_conv(x, folded), "dense"),
+        }
+    if kind == "kernels":
+        return {
+            "kernel": (lambda x: builders.kernels_conv(x, folded, False), False),
+            "builtin": (lambda x: builders.kernels_conv(x, folded, True), True),
+        }
+    raise ValueError(f"Layer choice is for kinds 'portable' and 'kernels'; got {kind!r}.")
+
+
+def _file_name(index, layer_name, form):
+    safe = "".join(c if c.isalnum() else "_" for c in layer_name)
+    return f"{index:03d}_{safe}_{form}.tflite"
+
+
+def _timer(path):
+    """A function x -> median milliseconds of running the model at `path` on `x`: the C
+    timing loop of `KernelRunner` where the kernels are built, else the stock
+    interpreter (a Python loop: the same overhead for both forms of a layer)."""
+    if os.path.exists(runners.library_path()):
+        runner = runners.KernelRunner(path)
+        return lambda x, runs: float(np.median(runner.time(x, runs=runs, warmup=2)))
+    runner = runners.Interpreter(path)
+
+    def median_ms(x, runs):
+        import time
+
+        times = []
+        for _ in range(runs + 2):
+            start = time.perf_counter()
+            runner.run(x)
+            times.append(time.perf_counter() - start)
+        return float(np.median(times[2:])) * 1e3
+
+    return median_ms
+
+
+def measure_forms(model, kind, calibration_data, samples=8, runs=30, verbose=False):
+    """Times both forms of every input-dependent gated layer of `model`.
+
+    Args:
+        model: a gated Keras model.
+        kind: "portable" or "kernels".
+        calibration_data: images (N, H, W, C); the first `samples` give the inputs
+            timed, all of them the channels `portable` treats as always open.
+        samples: images whose activations each layer is timed on (their sum counts).
+        runs: timed runs per sample and form (the median counts).
+        verbose: log each layer's times.
+
+    Returns:
+        dict layer name -> {form: (milliseconds summed over the samples, plan entry)}.
+    """
+    from sanp_keras.export import tflite_export  # its plans; it imports this module
+
+    if kind not in ("portable", "kernels"):
+        raise ValueError(f"Layer choice is for kinds 'portable' and 'kernels'; got {kind!r}.")
+    images = np.asarray(calibration_data, np.float32)
+    always_on = tflite_export.always_on_channels(model, images) if kind == "portable" else {}
+    inputs = layer_inputs(model, images[:samples])
+    layers = [layer for layer in flops.gated_layers(model) if layer.mode in DYNAMIC_MODES]
+    result = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, layer in enumerate(layers):
+            folded = folding.fold_conv(layer)
+            x = inputs[layer.name]  # (samples, H, W, C_in)
+            timers, entries = {}, {}
+            for form, (build, entry) in _forms(kind, folded, always_on.get(layer.name)).items():
+                flatbuffer = one_layer_flatbuffer(build, x.shape[1:])
+                if form == "kernel":
+                    flatbuffer = patching.gated_convs_to_custom_ops(flatbuffer, expected=1)
+                path = os.path.join(tmp, _file_name(index, layer.name, form))
+                with open(path, "wb") as f:
+                    f.write(flatbuffer)
+                timers[form], entries[form] = _timer(path), entry
+            total = {form: 0.0 for form in timers}
+            for sample in x:  # forms alternate per sample: noise hits both alike
+                for form, timer in timers.items():
+                    total[form] += timer(sample[None], runs)
+            result[layer.name] = {form: (total[form], entries[form]) for form in timers}
+            if verbose:
+                logging.info("layer choice %d/%d %s: %s", index + 1, len(layers), layer.name,
+                             ", ".join(f"{f} {t * 1e3 / len(x):.0f} us" for f, t in total.items()))
+    return result
+
+
+def measured_plan(model, kind, calibration_data, samples=8, runs=30, verbose=False):
+    """The `plan` of `builders.inference_function` that runs each layer in its faster
+    form, as `measure_forms` timed it (portable: the always-open channels, or "dense";
+    kernels: True to keep the layer builtin)."""
+    times = measure_forms(model, kind, calibration_data, samples, runs, verbose)
+    return {name: min(forms.values(), key=lambda pair: pair[0])[1]
+            for name, forms in times.items()}
