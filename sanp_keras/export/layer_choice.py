@@ -17,6 +17,7 @@ export on (or measure with) the target when the last percent matters.
 
 import os
 import tempfile
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -81,18 +82,17 @@ def _file_name(index, layer_name, form):
     return f"{index:03d}_{safe}_{form}.tflite"
 
 
-def _timer(path):
-    """A function x -> median milliseconds of running the model at `path` on `x`: the C
-    timing loop of `KernelRunner` where the kernels are built, else the stock
-    interpreter (a Python loop: the same overhead for both forms of a layer)."""
-    if os.path.exists(runners.library_path()):
+def _timer(path, custom_ops=False):
+    """A function (x, runs) -> median milliseconds of the model at `path` on `x`: the C
+    timing loop of `KernelRunner` where the kernels are built (a model with custom ops
+    needs them), else the stock interpreter in a Python loop (the same overhead for
+    both forms of a layer)."""
+    if custom_ops or os.path.exists(runners.library_path()):
         runner = runners.KernelRunner(path)
         return lambda x, runs: float(np.median(runner.time(x, runs=runs, warmup=2)))
     runner = runners.Interpreter(path)
 
     def median_ms(x, runs):
-        import time
-
         times = []
         for _ in range(runs + 2):
             start = time.perf_counter()
@@ -139,7 +139,7 @@ def measure_forms(model, kind, calibration_data, samples=8, runs=30, verbose=Fal
                 path = os.path.join(tmp, _file_name(index, layer.name, form))
                 with open(path, "wb") as f:
                     f.write(flatbuffer)
-                timers[form], entries[form] = _timer(path), entry
+                timers[form], entries[form] = _timer(path, form == "kernel"), entry
             total = {form: 0.0 for form in timers}
             for sample in x:  # forms alternate per sample: noise hits both alike
                 for form, timer in timers.items():

@@ -36,7 +36,7 @@ def test_layer_inputs_are_what_keras_feeds_each_layer():
 @pytest.mark.parametrize("kind,slow", [("kernels", "kernel"), ("portable", "gathered")])
 def test_measured_plan_takes_the_faster_form(kind, slow, monkeypatch, tmp_path):
     # A stand-in clock: the custom / gathered form is slower in layer "valid" only.
-    def timer(path):
+    def timer(path, custom_ops=False):
         slower = ("_valid_" in path) == (f"_{slow}." in path)
         return lambda x, runs: 2.0 if slower else 1.0
 
