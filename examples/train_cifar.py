@@ -14,7 +14,8 @@ This script runs the recipe of the SANP paper (section 4.1.2) end to end:
 
 then it evaluates the model, writes a report (error, MACs, pruned %, the paper's
 Figure 4) and exports it to TFLite / LiteRT (`--export`, default `portable`: builtin
-ops only, each convolution computed over its open channels), checked against Keras. `--mode` picks the method trained from that same backbone: `sanp`; the
+ops only, for any stock runtime), checked against Keras on 200 test images.
+`--mode` picks the method trained from that same backbone: `sanp`; the
 paper's ablations `fixed_k` (the same fraction of every layer, per sample) and `static`
 (one decision for all samples); the baselines `fbs` (Gao et al. 2019: k-winners-take-all
 on a one-layer saliency), `slimming` (Liu et al. 2017: stage 3 trains with an L1 penalty
