@@ -42,11 +42,6 @@ def gated_model(backbone, seed=0):
     return model
 
 
-def check(model, kind, path, images):
-    runner = export.KernelRunner(path) if kind == "kernels" else export.Interpreter(path)
-    return export.parity.compare(model, runner, images, None if kind == "masked" else 1)
-
-
 def markdown(rows, command):
     lines = ["# Export parity with Keras (random gates, embedded test images)", "",
              f"Command: `{command}`", "",
@@ -75,7 +70,7 @@ def main(argv):
                 model, os.path.join(WORK.value, f"{backbone}_{kind}.tflite"), kind,
                 calibration_data=images[:256], decisions=True)
             row = {"backbone": backbone, "kind": kind, "images": len(images),
-                   **check(model, kind, path, images)}
+                   **export.parity.check_file(model, path, kind, images)}
             print(row, flush=True)
             rows.append(row)
         results.write(OUTPUT.value, {"results": rows, "goals": GOALS},

@@ -59,9 +59,8 @@ def run(model_path, kind="portable", output=None, dataset="embedded", data_dir=N
     images = datasets.normalized(datasets.load(dataset, data_dir).test,
                                  max(calibration_images, check_images))
     calibration = images[:calibration_images]
-    if kind == "kernels" and not os.path.exists(export.runners.library_path()):
-        print("Building the kernels: make -C tflite")
-        export.build_kernels()
+    if kind == "kernels":
+        export.build_kernels()  # make -C tflite: nothing to do once built
     print(f"Exporting {model_path} as {kind} to {output} ...")
     export.export_tflite(model, output, kind, calibration_data=calibration, decisions=True,
                          batch_size=None if kind == "masked" else 1,
@@ -71,12 +70,8 @@ def run(model_path, kind="portable", output=None, dataset="embedded", data_dir=N
     if check_images <= 0:
         return result
     test = images[:check_images]
-    runner = export.KernelRunner(output) if kind == "kernels" else export.Interpreter(output)
-    result.update(export.parity.compare(model, runner, test,
-                                        None if kind == "masked" else 1))
-    print(f"Check on {len(test)} images: decisions equal {100 * result['decisions_equal']:.3f} %,"
-          f" top-1 equal {100 * result['top1_equal']:.2f} %,"
-          f" largest logit difference {result['max_logit_diff']:.2e}.")
+    result.update(export.parity.check_file(model, output, kind, test))
+    print(f"Check on {len(test)} images: {export.parity.summary(result)}.")
     if kind != "masked" and os.path.exists(export.runners.library_path()):
         dense_path = os.path.splitext(output)[0] + "_dense.tflite"
         export.export_tflite(sk.strip(model), dense_path, "masked", batch_size=1)

@@ -257,18 +257,13 @@ def export_and_check(model, kind, test, output_dir, images=200):
     outputs), checked against Keras on `images` test images, which also calibrate it."""
     x = datasets.normalized(test, images)
     path = os.path.join(output_dir, f"model_{kind}.tflite")
-    if kind == "kernels" and not os.path.exists(export.runners.library_path()):
-        print("Building the kernels: make -C tflite")
-        export.build_kernels()
-    batch = None if kind == "masked" else 1
+    if kind == "kernels":
+        export.build_kernels()  # make -C tflite: nothing to do once built
     export.export_tflite(model, path, kind, calibration_data=x, decisions=True,
-                         batch_size=batch)
-    runner = export.KernelRunner(path) if kind == "kernels" else export.Interpreter(path)
-    check = export.parity.compare(model, runner, x, batch)
+                         batch_size=None if kind == "masked" else 1)
+    check = export.parity.check_file(model, path, kind, x)
     print(f"Exported {path} ({os.path.getsize(path) / 1e6:.1f} MB): on {len(x)} test images, "
-          f"decisions equal {100 * check['decisions_equal']:.3f} %, top-1 equal "
-          f"{100 * check['top1_equal']:.2f} %, largest logit difference "
-          f"{check['max_logit_diff']:.2e}.")
+          f"{export.parity.summary(check)}.")
     return {"path": path, "kind": kind, "check_images": len(x), **check}
 
 

@@ -6,8 +6,8 @@ from sanp_keras.export.runners import build_kernels as build_kernels
 from sanp_keras.export.runners import time_side_by_side as time_side_by_side
 from sanp_keras.export import parity as parity
 from sanp_keras.export import tflite_export as tflite_export
-from sanp_keras.export.tflite_export import always_on_channels as always_on_channels
-from sanp_keras.export.tflite_export import builtin_layers as builtin_layers
+from sanp_keras.export.layer_choice import always_on_channels as always_on_channels
+from sanp_keras.export.layer_choice import builtin_layers as builtin_layers
 from sanp_keras.export.tflite_export import export_tflite as export_tflite
 
 __all__ = ["Interpreter", "KernelRunner", "always_on_channels", "build_kernels", "builtin_layers",

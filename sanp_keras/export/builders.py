@@ -134,7 +134,6 @@ def portable_conv(x, folded, always_on=None):
     if folded.gate.mode == "dense" or (isinstance(always_on, str) and always_on == "dense"):
         return masked_conv(x, folded)
     c_in, c_out = folded.kernel.shape[2], folded.filters
-    d, scale = gate_scale(x, folded.gate)  # (1, C_out) x2
     static = np.asarray(sorted(always_on if always_on is not None else []), np.int64)
     if folded.gate.mode == "static":  # decisions known now: closed channels vanish
         open_now = np.flatnonzero(folded.gate.static_scores > 0)
@@ -143,6 +142,9 @@ def portable_conv(x, folded, always_on=None):
         static, dynamic = open_now, np.array([], np.int64)
     else:
         dynamic = np.setdiff1d(np.arange(c_out), static)
+    if static.size == c_out:  # every channel static: the dense form, nothing to scatter
+        return masked_conv(x, folded)
+    d, scale = gate_scale(x, folded.gate)  # (1, C_out) x2
     kh, kw = folded.kernel.shape[:2]
     height, width = x.shape[1], x.shape[2]
     if folded.padding == "same":
@@ -151,9 +153,6 @@ def portable_conv(x, folded, always_on=None):
         out_h = (height - kh) // folded.strides[0] + 1
         out_w = (width - kw) // folded.strides[1] + 1
     pixels = out_h * out_w
-    if static.size == c_out:  # every channel static: one CONV_2D, no scatter
-        y = _conv(x, folded.kernel, folded.bias, folded)
-        return _activate(y * _channels(scale, 4), folded.activation), d
 
     columns = [tf.zeros((pixels, 1), x.dtype)]  # column 0: a pruned channel
     position = np.zeros(c_out, np.int64)  # where each output channel is found

@@ -7,9 +7,12 @@ the sanp custom op or, again, a builtin CONV_2D times the gates. Which one is fa
 depends on the layer's shape, on how much it prunes and on the runtime: gathering a
 32x32 map of 16 channels costs several times XNNPACK's dense convolution of it
 even with 3 of 4 channels closed, while on a 4x4 map of 512 channels it wins. A MACs
-threshold (`tflite_export.builtin_layers`) guesses; `measured_plan` asks: it exports
+threshold (`builtin_layers`) guesses; `measured_plan` asks: it exports
 every gated layer alone in both forms and times them side by side on that layer's
 real inputs (its activations for calibration images).
+
+The module also holds the other per-layer plans: `always_on_channels` (the channels
+`portable` computes statically) and `builtin_layers` (the MACs threshold).
 
 The times are those of the machine that exports: on a phone the crossover moves, so
 export on (or measure with) the target when the last percent matters.
@@ -50,6 +53,43 @@ def layer_inputs(model, images):
     return {name: np.asarray(x) for name, x in recorded.items()}
 
 
+def always_on_channels(model, calibration_data):
+    """Per SPMConv2D, the output channels open for every calibration sample.
+
+    Returns a dict from layer name to an int array of channel indices.
+    """
+    decisions, _ = flops.collect_decisions(model, np.asarray(calibration_data, np.float32))
+    return {name: np.flatnonzero(d.all(axis=0)) for name, d in decisions.items()}
+
+
+KERNEL_COST_RATIO = 0.55  # the threshold's share of MACs
+
+
+def builtin_layers(model, calibration_data, threshold=KERNEL_COST_RATIO):
+    """Per SPMConv2D, whether the `kernels` export keeps it a builtin convolution.
+
+    A layer whose mean MACs on the calibration data exceed `threshold` of its dense
+    MACs runs faster as XNNPACK's dense convolution times its gates than in the
+    custom kernel, which does fewer MACs but each more slowly than XNNPACK's
+    hand-tuned dense convolution: both are exact, so the choice only moves time.
+    """
+    per_layer = flops.measure(model, calibration_data)["per_layer"]
+    return {name: stats["mean_macs"] > threshold * stats["dense_macs"]
+            for name, stats in per_layer.items() if stats.get("kind") == "conv"}
+
+
+def threshold_plan(model, kind, calibration_data):
+    """The `plan` of `builders.inference_function` by the MACs threshold: `kernels`,
+    `builtin_layers`; `portable`, the always-open channels, or "dense" for the layers
+    `builtin_layers` keeps builtin."""
+    builtin = builtin_layers(model, calibration_data)
+    if kind == "kernels":
+        return builtin
+    plan = always_on_channels(model, calibration_data)
+    plan.update({name: "dense" for name, keep in builtin.items() if keep})
+    return plan
+
+
 def one_layer_flatbuffer(build, shape):
     """A batch-1 `.tflite` flatbuffer of `build(x) -> (y, decisions)` on inputs `shape`
     (H, W, C), builtin ops only."""
@@ -69,12 +109,11 @@ def _forms(kind, folded, always_on):
             "gathered": (lambda x: builders.portable_conv(x, folded, always_on), always_on),
             "dense": (lambda x: builders.masked_conv(x, folded), "dense"),
         }
-    if kind == "kernels":
-        return {
-            "kernel": (lambda x: builders.kernels_conv(x, folded, False), False),
-            "builtin": (lambda x: builders.kernels_conv(x, folded, True), True),
-        }
-    raise ValueError(f"Layer choice is for kinds 'portable' and 'kernels'; got {kind!r}.")
+    return {
+        "kernel": (lambda x: builders.kernels_conv(x, folded, False), False),
+        "builtin": (lambda x: builders.kernels_conv(x, folded, True), True),
+    }
+
 
 
 def _file_name(index, layer_name, form):
@@ -118,12 +157,10 @@ def measure_forms(model, kind, calibration_data, samples=8, runs=30, verbose=Fal
     Returns:
         dict layer name -> {form: (milliseconds summed over the samples, plan entry)}.
     """
-    from sanp_keras.export import tflite_export  # its plans; it imports this module
-
     if kind not in ("portable", "kernels"):
         raise ValueError(f"Layer choice is for kinds 'portable' and 'kernels'; got {kind!r}.")
     images = np.asarray(calibration_data, np.float32)
-    always_on = tflite_export.always_on_channels(model, images) if kind == "portable" else {}
+    always_on = always_on_channels(model, images) if kind == "portable" else {}
     inputs = layer_inputs(model, images[:samples])
     layers = [layer for layer in flops.gated_layers(model) if layer.mode in DYNAMIC_MODES]
     result = {}

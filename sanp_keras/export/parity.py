@@ -3,6 +3,7 @@
 import numpy as np
 
 from sanp_keras import flops
+from sanp_keras.export import runners
 
 
 def run_all(runner, images, batch_size=1):
@@ -36,3 +37,17 @@ def compare(model, runner, images, batch_size=1):
         "max_abs_logit": float(np.abs(want).max()),
         "open_share": float(np.mean([np.asarray(decisions[n]).mean() for n in names] or [1.0])),
     }
+
+
+def check_file(model, path, kind, images):
+    """`compare` for the file `export_tflite(model, path, kind, decisions=True)` wrote,
+    run by the runner its kind needs (batch 1, but `masked` all at once)."""
+    runner = runners.KernelRunner(path) if kind == "kernels" else runners.Interpreter(path)
+    return compare(model, runner, images, None if kind == "masked" else 1)
+
+
+def summary(result):
+    """One line of a `compare` result."""
+    return (f"decisions equal {100 * result['decisions_equal']:.3f} %, top-1 equal "
+            f"{100 * result['top1_equal']:.2f} %, largest logit difference "
+            f"{result['max_logit_diff']:.2e}")

@@ -2,38 +2,10 @@
 
 import os
 
-import numpy as np
-
 from sanp_keras import flops
 from sanp_keras.export import builders
 from sanp_keras.export import layer_choice as choice
 from sanp_keras.export import patching
-
-
-def always_on_channels(model, calibration_data):
-    """Per SPMConv2D, the output channels open for every calibration sample.
-
-    Returns a dict from layer name to an int array of channel indices.
-    """
-    decisions, _ = flops.collect_decisions(model, np.asarray(calibration_data, np.float32))
-    return {name: np.flatnonzero(d.all(axis=0)) for name, d in decisions.items()}
-
-
-KERNEL_COST_RATIO = 0.55
-
-
-def builtin_layers(model, calibration_data, threshold=KERNEL_COST_RATIO):
-    """Per SPMConv2D, whether the `kernels` export keeps it a builtin convolution.
-
-    A layer whose mean MACs on the calibration data exceed `threshold` of its dense
-    MACs runs faster as XNNPACK's dense convolution times its gates than in the
-    custom kernel, which does fewer MACs but each more slowly than XNNPACK's
-    hand-tuned dense convolution: both are exact, so the choice only moves time.
-    """
-    per_layer = flops.measure(model, calibration_data)["per_layer"]
-    return {name: stats["mean_macs"] > threshold * stats["dense_macs"]
-            for name, stats in per_layer.items() if stats.get("kind") == "conv"}
-
 
 LAYER_CHOICES = ("threshold", "measured")
 
@@ -52,7 +24,7 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
             run by the C kernels of `tflite/`: see `sanp_keras.export.KernelRunner`).
         calibration_data: images (N, H, W, C). `portable`: channels open for all of
             them get a static, XNNPACK-friendly convolution. `kernels`: layers that
-            prune little on them stay builtin convolutions (`builtin_layers`).
+            prune little on them stay builtin convolutions (`layer_choice`).
             Optional; the model stays exact on every input either way.
         decisions: add every gate's decisions as outputs "decisions_NNN" (for parity
             checks), besides "output".
@@ -85,13 +57,8 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
     elif kind in ("portable", "kernels") and calibration_data is not None:
         if layer_choice == "measured":
             plan = choice.measured_plan(model, kind, calibration_data, verbose=verbose)
-        elif kind == "kernels":
-            plan = builtin_layers(model, calibration_data)
         else:
-            plan = always_on_channels(model, calibration_data)
-            for name, builtin in builtin_layers(model, calibration_data).items():
-                if builtin:
-                    plan[name] = "dense"
+            plan = choice.threshold_plan(model, kind, calibration_data)
     function, signature = builders.inference_function(
         model, kind, plan, decisions=decisions, batch_size=batch_size)
     flatbuffer = builders.convert(function, signature, [w.value for w in model.weights])

@@ -161,7 +161,7 @@ def test_kernels_export_keeps_little_pruned_layers_builtin(tmp_path):
     # "s2" prunes nothing (every gate wide open), "valid" keeps 2 channels of 10.
     model.get_layer("s2").gate.excite_bias.assign(np.full(12, 50.0))
     model.get_layer("valid").gate.excite_bias.assign(np.r_[np.full(8, -50.0), 50.0, 50.0])
-    plan = export.tflite_export.builtin_layers(model, x)
+    plan = export.builtin_layers(model, x)
     assert plan["s2"] and not plan["valid"]
     path = export.export_tflite(model, str(tmp_path / "k.tflite"), "kernels", calibration_data=x)
     with open(path, "rb") as f:
