@@ -82,23 +82,25 @@ def trained_model(backbone, budget):
     """The quick run's model for (backbone, budget), trained first if missing.
 
     A quick run is `examples/train_cifar.py` on the embedded sample: the dense
-    backbone once per backbone, then SANP at each budget from it (resumable).
+    backbone once per backbone, then SANP at each budget from it (resumable). The
+    example's `--finetune_lr`, `--gate_speed` and `--clipnorm` pass through.
     """
     b, w, f = (int(e) for e in QUICK_EPOCHS.value)
     dense = os.path.join(MODELS_DIR.value, f"{backbone}_dense")
     out = os.path.join(MODELS_DIR.value, f"{backbone}_{budget}")
     subset = QUICK_IMAGES.value
+    options = {name: FLAGS[name].value for name in ("finetune_lr", "gate_speed", "clipnorm")}
     if not os.path.exists(os.path.join(out, "model.keras")):
         if not os.path.exists(os.path.join(dense, "model.keras")):
             example.run(backbone=backbone, mode="dense", dataset="embedded",
                         backbone_epochs=b, train_subset=subset, output_dir=dense,
                         batch_size=QUICK_BATCH.value, export_kind="none",
-                        command=results.command_line())
+                        clipnorm=options["clipnorm"], command=results.command_line())
         example.run(backbone=backbone, budget=budget, dataset="embedded",
                     pretrained=os.path.join(dense, "model.keras"), warmup_epochs=w,
                     finetune_epochs=f, train_subset=subset, output_dir=out,
                     batch_size=QUICK_BATCH.value, export_kind="none",
-                    command=results.command_line())
+                    command=results.command_line(), **options)
     return keras.models.load_model(os.path.join(out, "model.keras"))
 
 

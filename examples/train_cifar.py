@@ -85,6 +85,9 @@ flags.DEFINE_float("backbone_lr", 0.1, "Peak learning rate of stage 1 (SGD, cosi
 flags.DEFINE_float("warmup_lr", 0.01, "Learning rate of stage 3.")
 flags.DEFINE_float("finetune_lr", 0.01, "Peak learning rate of stage 4 (cosine).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_float("clipnorm", None,
+                   "Clip every step's gradients to this global norm (all stages); try 1 "
+                   "if a short run on few images diverges to NaN.")
 flags.DEFINE_integer("train_subset", None, "Use only the first N training images.")
 flags.DEFINE_integer("test_subset", None, "Use only the first N test images.")
 flags.DEFINE_string("output_dir", "runs/default", "Checkpoints, logs and the report.")
@@ -101,15 +104,17 @@ FLAGS = flags.FLAGS
 """
 
 
-def _compile(learning_rate, steps, epochs, cosine=True):
-    """Compiler of a stage: momentum SGD, cosine decay over the stage, logits loss."""
+def _compile(learning_rate, steps, epochs, cosine=True, clipnorm=None):
+    """Compiler of a stage: momentum SGD, cosine decay over the stage, logits loss,
+    gradients clipped to a global norm of `clipnorm` if given."""
 
     def compile_model(model):
         lr = learning_rate
         if cosine:
             lr = keras.optimizers.schedules.CosineDecay(learning_rate, steps * epochs)
         model.compile(
-            keras.optimizers.SGD(lr, momentum=0.9, weight_decay=5e-4),
+            keras.optimizers.SGD(lr, momentum=0.9, weight_decay=5e-4,
+                                 global_clipnorm=clipnorm),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
@@ -120,7 +125,7 @@ def _compile(learning_rate, steps, epochs, cosine=True):
 def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         budget=0.5, gate_speed=0.03, land_budget=True, slimming_l1=1e-4, mode="sanp",
         pretrained=None, backbone_epochs=6, warmup_epochs=1, finetune_epochs=6,
-        backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01, batch_size=128,
+        backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01, batch_size=128, clipnorm=None,
         train_subset=None, test_subset=None, output_dir="runs/default", seed=0,
         verbose=None, command=None, export_kind="portable"):
     """Trains, prunes, evaluates and exports; returns the evaluation result (a dict)."""
@@ -157,7 +162,8 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
               f"{epochs} epochs from scratch.")
         model = training.fit_stage(
             stage_dir("1_thin"), lambda: thinning.uniform_width(create_plain(), width),
-            _compile(backbone_lr, steps, epochs), train, epochs, test, verbose=verbose)
+            _compile(backbone_lr, steps, epochs, clipnorm=clipnorm), train, epochs, test,
+            verbose=verbose)
     # 1. The plain backbone.
     elif pretrained:
         model = keras.models.load_model(pretrained)
@@ -165,7 +171,7 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         model = training.fit_stage(
             stage_dir("1_backbone"),
             create_plain,
-            _compile(backbone_lr, steps, backbone_epochs),
+            _compile(backbone_lr, steps, backbone_epochs, clipnorm=clipnorm),
             train, backbone_epochs, test, verbose=verbose,
         )
 
@@ -174,13 +180,15 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         plain = model
         model = training.fit_stage(stage_dir("2_sparsity"),
                                    lambda: slimming.with_bn_l1(plain, slimming_l1),
-                                   _compile(finetune_lr, steps, warmup_epochs),
+                                   _compile(finetune_lr, steps, warmup_epochs,
+                                            clipnorm=clipnorm),
                                    train, warmup_epochs, test, verbose=verbose)
         slimmed, info = slimming.slim(model, budget, reference_macs)
         print(f"Network Slimming: threshold |gamma| > {info['threshold']:.4g} keeps "
               f"{info['flops_ratio']:.3f} of the dense MACs; channels kept: {info['kept']}")
         model = training.fit_stage(stage_dir("3_finetune"), lambda: slimmed,
-                                   _compile(finetune_lr, steps, finetune_epochs),
+                                   _compile(finetune_lr, steps, finetune_epochs,
+                                            clipnorm=clipnorm),
                                    train, finetune_epochs, test, verbose=verbose)
     elif mode not in ("dense", "thin"):
         # 2. Gate every conv + BN. FIXED-K and FBS need the keep ratio meeting the budget.
@@ -198,7 +206,8 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
 
         # 3. Warm up the gates, convolutions frozen.
         model = training.fit_stage(stage_dir("2_warmup"), gated,
-                                   _compile(warmup_lr, steps, warmup_epochs, cosine=False),
+                                   _compile(warmup_lr, steps, warmup_epochs, cosine=False,
+                                            clipnorm=clipnorm),
                                    train, warmup_epochs, test, verbose=verbose)
         warm = model
 
@@ -219,7 +228,8 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         callback = sk.BudgetCallback(budget=budget, gate_speed=gate_speed,
                                      calibration_data=calibration)
         model = training.fit_stage(stage_dir("3_finetune"), unfrozen,
-                                   _compile(finetune_lr, steps, finetune_epochs),
+                                   _compile(finetune_lr, steps, finetune_epochs,
+                                            clipnorm=clipnorm),
                                    train, finetune_epochs, test, budget=callback,
                                    verbose=verbose)
         if land_budget and mode in ("sanp", "static"):
@@ -273,7 +283,7 @@ def main(argv):
         "backbone", "dataset", "data_dir", "download", "budget", "gate_speed", "land_budget",
         "slimming_l1", "mode", "pretrained", "backbone_epochs", "warmup_epochs",
         "finetune_epochs", "backbone_lr", "warmup_lr", "finetune_lr", "batch_size",
-        "train_subset", "test_subset", "output_dir", "seed")},
+        "clipnorm", "train_subset", "test_subset", "output_dir", "seed")},
         command="python " + " ".join(sys.argv), export_kind=FLAGS.export)
 
 

@@ -6,7 +6,8 @@ state) is written to `ckpt-<epoch>.keras` through a temporary file and `os.repla
 then `state.json` (completed epochs, the budget controller's state, the checkpoint's
 name) the same way, and only then the previous checkpoint is deleted. A process killed
 at any moment leaves a `state.json` that names a complete checkpoint; running the same
-stage again resumes after the last finished epoch.
+stage again resumes after the last finished epoch. A loss that turns NaN or infinite
+stops the stage at once, and that epoch is never checkpointed: the last good one stays.
 """
 
 import json
@@ -57,6 +58,10 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.budget = budget
 
     def on_epoch_end(self, epoch, logs=None):
+        if not np.isfinite((logs or {}).get("loss", 0.0)):
+            print(f"[{os.path.basename(self.stage_dir)}] epoch {epoch + 1}: loss "
+                  f"{logs['loss']}, not checkpointed.")
+            return
         os.makedirs(self.stage_dir, exist_ok=True)
         previous = read_state(self.stage_dir)
         name = f"ckpt-{epoch + 1}.keras"
@@ -93,6 +98,10 @@ def fit_stage(stage_dir, build, compile_model, train_ds, epochs, val_ds=None,
 
     Returns:
         The model at the end of the stage.
+
+    Raises:
+        FloatingPointError: the loss became NaN or infinite (the stage stops at that
+            step; its last finished epoch stays checkpointed).
     """
     state = read_state(stage_dir)
     if state is not None:
@@ -110,12 +119,25 @@ def fit_stage(stage_dir, build, compile_model, train_ds, epochs, val_ds=None,
         initial_epoch = 0
     callbacks = [] if budget is None else [budget]  # first: writes logs the others read
     callbacks += [
+        keras.callbacks.TerminateOnNaN(),
         AtomicCheckpoint(stage_dir, budget),
         keras.callbacks.CSVLogger(os.path.join(stage_dir, "log.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(stage_dir, "tensorboard")),
     ]
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-              callbacks=callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles
+    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs,
+                        initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose,
+                        shuffle=False)  # the dataset shuffles
+    losses = history.history.get("loss", [])
+    if losses and not np.isfinite(losses[-1]):
+        state = read_state(stage_dir)
+        kept = (f"its last good checkpoint, {state['checkpoint']} (epoch {state['epoch']}), "
+                "is kept" if state else "no epoch of it finished")
+        raise FloatingPointError(
+            f"Stage '{os.path.basename(stage_dir)}' diverged: the loss became "
+            f"{losses[-1]} in epoch {initial_epoch + len(losses)}; {kept}. Lower the "
+            "learning rate or clip the gradients (train_cifar.py --clipnorm=1), then "
+            f"remove {stage_dir} to start the stage afresh: a checkpoint resumes with "
+            "the optimizer it was saved with.")
     return model
 
 

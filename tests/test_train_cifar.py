@@ -95,3 +95,22 @@ def test_bad_mode_and_missing_data_fail_clearly(tmp_path):
 
     with pytest.raises(datasets.DataNotFoundError, match="cifar-100-python.tar.gz"):
         example.run(dataset="cifar100", data_dir=str(tmp_path), output_dir=str(tmp_path))
+
+
+def test_clipnorm_bounds_every_step():
+    import keras
+    import numpy as np
+
+    x = np.full((8, 4), 1e3, np.float32)  # huge inputs: huge gradients
+    y = np.arange(8) % 10
+    steps = {}
+    for clipnorm in (None, 1.0):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(10)])
+        _example()._compile(0.1, 1, 1, cosine=False, clipnorm=clipnorm)(model)
+        before = [w.copy() for w in model.get_weights()]
+        model.train_on_batch(x, y)
+        steps[clipnorm] = np.sqrt(sum(np.sum((w - b) ** 2)
+                                      for w, b in zip(model.get_weights(), before)))
+    # one SGD step moves the weights by lr * |gradient| (+ a weight decay of lr * 5e-4 * w)
+    assert steps[1.0] <= 0.1 * 1.0 + 1e-3 < 100 * 0.1 < steps[None]

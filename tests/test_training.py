@@ -72,6 +72,25 @@ def test_stage_resumes_after_the_last_finished_epoch_with_the_same_lambda(tmp_pa
     assert isinstance(model, keras.Model)
 
 
+def test_a_diverging_stage_stops_and_keeps_its_last_good_checkpoint(tmp_path):
+    x, y = _data(256)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)  # 8 steps an epoch
+    stage = str(tmp_path / "stage")
+
+    def explode_in_epoch_2(model):
+        lr = keras.optimizers.schedules.PiecewiseConstantDecay([8], [0.05, 1e30])
+        model.compile(keras.optimizers.SGD(lr),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    with pytest.raises(FloatingPointError, match=r"stage.*epoch 2.*ckpt-1\.keras"):
+        training.fit_stage(stage, _model, explode_in_epoch_2, ds, epochs=3, verbose=0)
+    state = training.read_state(stage)
+    assert state["epoch"] == 1 and np.isfinite(state["logs"]["loss"])
+    assert sorted(f for f in os.listdir(stage) if f.endswith(".keras")) == ["ckpt-1.keras"]
+    kept = keras.models.load_model(os.path.join(stage, "ckpt-1.keras"))
+    assert all(np.isfinite(w).all() for w in kept.get_weights())
+
+
 def test_frozen_backbone_survives_save_and_load(tmp_path):
     model = sk.convert(sk.models.create_model("resnet20", gated=False))
     training.set_backbone_trainable(model, False)
