@@ -147,6 +147,9 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
     def stage_dir(name):
         return os.path.join(output_dir, name)
 
+    def compile_stage(learning_rate, epochs, cosine=True):
+        return _compile(learning_rate, steps, epochs, cosine, clipnorm)
+
     def create_plain():
         return sk.models.create_model(backbone, data.num_classes, gated=False,
                                       input_shape=data.train.images.shape[1:])
@@ -162,8 +165,7 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
               f"{epochs} epochs from scratch.")
         model = training.fit_stage(
             stage_dir("1_thin"), lambda: thinning.uniform_width(create_plain(), width),
-            _compile(backbone_lr, steps, epochs, clipnorm=clipnorm), train, epochs, test,
-            verbose=verbose)
+            compile_stage(backbone_lr, epochs), train, epochs, test, verbose=verbose)
     # 1. The plain backbone.
     elif pretrained:
         model = keras.models.load_model(pretrained)
@@ -171,7 +173,7 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         model = training.fit_stage(
             stage_dir("1_backbone"),
             create_plain,
-            _compile(backbone_lr, steps, backbone_epochs, clipnorm=clipnorm),
+            compile_stage(backbone_lr, backbone_epochs),
             train, backbone_epochs, test, verbose=verbose,
         )
 
@@ -180,15 +182,13 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         plain = model
         model = training.fit_stage(stage_dir("2_sparsity"),
                                    lambda: slimming.with_bn_l1(plain, slimming_l1),
-                                   _compile(finetune_lr, steps, warmup_epochs,
-                                            clipnorm=clipnorm),
+                                   compile_stage(finetune_lr, warmup_epochs),
                                    train, warmup_epochs, test, verbose=verbose)
         slimmed, info = slimming.slim(model, budget, reference_macs)
         print(f"Network Slimming: threshold |gamma| > {info['threshold']:.4g} keeps "
               f"{info['flops_ratio']:.3f} of the dense MACs; channels kept: {info['kept']}")
         model = training.fit_stage(stage_dir("3_finetune"), lambda: slimmed,
-                                   _compile(finetune_lr, steps, finetune_epochs,
-                                            clipnorm=clipnorm),
+                                   compile_stage(finetune_lr, finetune_epochs),
                                    train, finetune_epochs, test, verbose=verbose)
     elif mode not in ("dense", "thin"):
         # 2. Gate every conv + BN. FIXED-K and FBS need the keep ratio meeting the budget.
@@ -206,8 +206,7 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
 
         # 3. Warm up the gates, convolutions frozen.
         model = training.fit_stage(stage_dir("2_warmup"), gated,
-                                   _compile(warmup_lr, steps, warmup_epochs, cosine=False,
-                                            clipnorm=clipnorm),
+                                   compile_stage(warmup_lr, warmup_epochs, cosine=False),
                                    train, warmup_epochs, test, verbose=verbose)
         warm = model
 
@@ -228,8 +227,7 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         callback = sk.BudgetCallback(budget=budget, gate_speed=gate_speed,
                                      calibration_data=calibration)
         model = training.fit_stage(stage_dir("3_finetune"), unfrozen,
-                                   _compile(finetune_lr, steps, finetune_epochs,
-                                            clipnorm=clipnorm),
+                                   compile_stage(finetune_lr, finetune_epochs),
                                    train, finetune_epochs, test, budget=callback,
                                    verbose=verbose)
         if land_budget and mode in ("sanp", "static"):

@@ -135,9 +135,9 @@ def fit_stage(stage_dir, build, compile_model, train_ds, epochs, val_ds=None,
         raise FloatingPointError(
             f"Stage '{os.path.basename(stage_dir)}' diverged: the loss became "
             f"{losses[-1]} in epoch {initial_epoch + len(losses)}; {kept}. Lower the "
-            "learning rate or clip the gradients (train_cifar.py --clipnorm=1), then "
-            f"remove {stage_dir} to start the stage afresh: a checkpoint resumes with "
-            "the optimizer it was saved with.")
+            "learning rate or clip the gradients (the optimizer's `global_clipnorm`; "
+            f"train_cifar.py --clipnorm=1), then remove {stage_dir} to start the stage "
+            "afresh: a checkpoint resumes with the optimizer it was saved with.")
     return model
 
 
