@@ -31,7 +31,6 @@ from sanp_keras import datasets  # noqa: E402
 from sanp_keras.export import builders  # noqa: E402
 from sanp_keras.export import folding  # noqa: E402
 from sanp_keras.export import layer_choice  # noqa: E402
-from sanp_keras.export import patching  # noqa: E402
 from sanp_keras.export import runners  # noqa: E402
 
 BACKBONE = flags.DEFINE_string("backbone", "resnet20", "Zoo backbone of the quick run.")
@@ -45,26 +44,17 @@ OUTPUT = flags.DEFINE_string("output", None, "Output path stem (default: "
 def layer_row(layer, x, workdir, runs):
     """Times one gated layer on x (1, H, W, C_in) as a custom op and as a builtin conv."""
     folded = folding.fold_conv(layer)
-    paths = {}
-    for form, builtin in (("kernel", False), ("builtin", True)):
-        flatbuffer = layer_choice.one_layer_flatbuffer(
-            lambda t, b=builtin: builders.kernels_conv(t, folded, b), x.shape[1:])
-        if form == "kernel":
-            flatbuffer = patching.gated_convs_to_custom_ops(flatbuffer, expected=1)
-        paths[form] = os.path.join(workdir, f"{form}.tflite")
-        with open(paths[form], "wb") as f:
-            f.write(flatbuffer)
+    forms = layer_choice.write_forms("kernels", folded, None, x.shape[1:], workdir, "layer")
+    paths = {form: path for form, (path, _) in forms.items()}
     times = runners.time_side_by_side(paths, x, 1, runs)
     kernel = runners.KernelRunner(paths["kernel"])
     inside, _ = kernel.kernel_time(x, runs)
+    _, out_h, out_w, _ = kernel.run(x)["output"].shape
     kernel.close()
     decisions, _ = builders.gate_scale(x, folded.gate)  # (1, C_out)
     opened = int(np.count_nonzero(decisions.numpy()))
     live = int(np.count_nonzero(np.abs(x[0]).max(axis=(0, 1)) > 0))
-    kh, kw = folded.kernel.shape[:2]
-    out_h, out_w = (-(-s // st) if folded.padding == "same" else (s - k) // st + 1
-                    for s, k, st in zip(x.shape[1:3], (kh, kw), folded.strides))
-    per_pair = out_h * out_w * kh * kw
+    per_pair = out_h * out_w * folded.kernel.shape[0] * folded.kernel.shape[1]
     return {"layer": layer.name, "input": list(x.shape[1:]), "live_inputs": live,
             "open_outputs": opened, "filters": folded.filters,
             "macs": per_pair * live * opened,

@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from sanp_keras import flops
+from sanp_keras.export import parity
 
 
 def evaluate(model, test_ds, name=None, reference_macs=None):
@@ -166,9 +167,7 @@ def markdown(result, command=None):
     if "export" in result:
         e = result["export"]
         lines += ["", f"Exported to `{e['path']}` ({e['kind']}); against Keras on "
-                  f"{e['check_images']} test images: decisions equal "
-                  f"{100 * e['decisions_equal']:.3f} %, top-1 equal {100 * e['top1_equal']:.2f} %,"
-                  f" largest logit difference {e['max_logit_diff']:.2e}."]
+                  f"{e['check_images']} test images: {parity.summary(e)}."]
     return "\n".join(lines) + "\n"
 
 

@@ -115,10 +115,25 @@ def _forms(kind, folded, always_on):
     }
 
 
+def write_forms(kind, folded, always_on, shape, folder, prefix):
+    """Writes one layer's two forms for `kind` as batch-1 `.tflite` files, input shape
+    (H, W, C_in), named `<prefix>_<form>.tflite` in `folder` (the kernel form with its
+    custom op). Returns {form: (path, plan entry)}."""
+    written = {}
+    for form, (build, entry) in _forms(kind, folded, always_on).items():
+        flatbuffer = one_layer_flatbuffer(build, shape)
+        if form == "kernel":
+            flatbuffer = patching.gated_convs_to_custom_ops(flatbuffer, expected=1)
+        path = os.path.join(folder, f"{prefix}_{form}.tflite")
+        with open(path, "wb") as f:
+            f.write(flatbuffer)
+        written[form] = (path, entry)
+    return written
 
-def _file_name(index, layer_name, form):
+
+def _file_prefix(index, layer_name):
     safe = "".join(c if c.isalnum() else "_" for c in layer_name)
-    return f"{index:03d}_{safe}_{form}.tflite"
+    return f"{index:03d}_{safe}"
 
 
 def _timer(path, custom_ops=False):
@@ -168,15 +183,10 @@ def measure_forms(model, kind, calibration_data, samples=8, runs=30, verbose=Fal
         for index, layer in enumerate(layers):
             folded = folding.fold_conv(layer)
             x = inputs[layer.name]  # (samples, H, W, C_in)
-            timers, entries = {}, {}
-            for form, (build, entry) in _forms(kind, folded, always_on.get(layer.name)).items():
-                flatbuffer = one_layer_flatbuffer(build, x.shape[1:])
-                if form == "kernel":
-                    flatbuffer = patching.gated_convs_to_custom_ops(flatbuffer, expected=1)
-                path = os.path.join(tmp, _file_name(index, layer.name, form))
-                with open(path, "wb") as f:
-                    f.write(flatbuffer)
-                timers[form], entries[form] = _timer(path, form == "kernel"), entry
+            forms = write_forms(kind, folded, always_on.get(layer.name), x.shape[1:], tmp,
+                                _file_prefix(index, layer.name))
+            timers = {form: _timer(path, form == "kernel") for form, (path, _) in forms.items()}
+            entries = {form: entry for form, (_, entry) in forms.items()}
             total = {form: 0.0 for form in timers}
             for sample in x:  # forms alternate per sample: noise hits both alike
                 for form, timer in timers.items():
