@@ -1,7 +1,8 @@
 /* Fuzz test of sanp_gated_conv2d, meant to run under AddressSanitizer (make fuzz).
  *
  * Each iteration draws shapes, strides, padding, activation, gates (all closed, all
- * open, 1 to 4 open, or random) and zeroed input channels, compares the kernel with a direct
+ * open, 1 to 4 open, or random) and zeroed input channels (or none, with channel counts
+ * often a multiple of 8: inputs read in place), compares the kernel with a direct
  * convolution, then feeds it malformed tensors (wrong rank, dtype, shape, short
  * buffers, bad params) that must be refused with an error status. Buffers are
  * allocated at their exact size, so any read past them is an ASan finding.
@@ -65,7 +66,8 @@ static void one_case(int iteration) {
   const int sh = range(1, 2), sw = sh;
   const int same = range(0, 1);
   const int h = range(kh, 20), wd = range(kw, 20);  /* rows of >= 8 outputs: planar path */
-  const int c_in = range(1, 40), c_out = range(1, 40), act = range(0, 2);
+  const int c_in = range(0, 2) == 0 ? 8 * range(1, 5) : range(1, 40);  /* whole vectors */
+  const int c_out = range(1, 40), act = range(0, 2);
   int oh, ow, pt = 0, pl = 0;
   if (same) {
     oh = (h + sh - 1) / sh; ow = (wd + sw - 1) / sw;
@@ -82,8 +84,9 @@ static void one_case(int iteration) {
   float* xs = x.data; float* ss = scale.data; float* fs = filter.data; float* bs = bias.data;
   const int gates = range(0, 4);  /* 0: all closed, 1: all open, 2: 1 to 4 open, else random */
   const int few = range(1, 4);
+  const int all_live = range(0, 2) == 0;  /* inputs read as they are, where channels allow */
   for (int r = 0; r < c_in; ++r) {
-    const int dead = range(0, 3) == 0;  /* a zeroed input channel */
+    const int dead = !all_live && range(0, 3) == 0;  /* a zeroed input channel */
     for (int p = 0; p < h * wd; ++p) xs[(size_t)p * c_in + r] = dead ? 0.0f : uniform();
   }
   for (size_t i = 0; i < (size_t)c_out * kh * kw * c_in; ++i) fs[i] = uniform();

@@ -3,22 +3,29 @@
  * Layout of the work (batch 1):
  *   1. open output channels (scale != 0) and live input channels (non-zero) are
  *      listed: k_out and k_in of them;
- *   2. layers with few pixels and many filters (pixels < 4 k_out): the live inputs
- *      are unfolded into a transposed im2col matrix A, in blocks of 16 pixels of
- *      (taps * k_in, 16) each, and a 6-channel x 16-pixel register-blocked kernel
- *      reads the filters in place (C_out, kh, kw, C_in rows, TFLite's own layout: no
- *      weight packing), one broadcast per open channel and live input;
- *   3. layers with many pixels: the live inputs are packed into a zero-padded
- *      (Hp, Wp, k_in) map, the open filters into panels of 16, and a 6-pixel x
- *      16-channel kernel broadcasts inputs against two vectors of filters;
- *   4. layers with at most 4 open channels and rows of >= 8 pixels (a vector of
- *      channels would be mostly empty): the live inputs are packed into planes, one
- *      per channel and stride phase, and a kernel of 2 channels x 4 vectors of 8
- *      output pixels broadcasts filter taps against rows of the planes;
+ *   2. at most 8 open channels and >= 8 live inputs (k_in rounded up to 8 wastes
+ *      <= 25 %): the live inputs are packed into a zero-padded (Hp, Wp, kp) map (rows
+ *      copied whole when every channel is live), and a kernel of 8 pixels x 1 filter
+ *      or 4 pixels x 2 filters runs vectors along the input channels of a window's
+ *      kernel row (kw * kp consecutive floats of both the map and the filter, read in
+ *      place), adding up each sum's lanes at the end;
+ *   3. otherwise, at most 4 open channels and rows of >= 8 pixels: the live inputs
+ *      are packed into planes, one per channel and stride phase, and a kernel of 2
+ *      channels x 4 vectors of 8 output pixels broadcasts filter taps against rows of
+ *      the planes;
+ *   4. many pixels (>= 4 k_out, or >= k_out with <= 16 live inputs): the live inputs
+ *      are packed into a zero-padded (Hp, Wp, k_in) map, the open filters into panels
+ *      of 16, and a 6-pixel x 16-channel kernel broadcasts inputs against two vectors
+ *      of filters, along each kernel row's kw * k_in consecutive floats;
+ *   5. few pixels and many filters: the live inputs are unfolded into a transposed
+ *      im2col matrix A, in blocks of 16 pixels of (taps * k_in, 16) each, and a
+ *      6-channel x 16-pixel register-blocked kernel reads the filters in place
+ *      (C_out, kh, kw, C_in rows, TFLite's own layout: no weight packing), one
+ *      broadcast per open channel and live input;
  *      in every layout MACs fall with k_in * k_out, as the FLOPs counter says;
- *   5. bias, scale and activation are applied and scattered to the open channels
+ *   6. bias, scale and activation are applied and scattered to the open channels
  *      (stored as whole vectors where the open channels are contiguous); every
- *      other output is 0.
+ *      other output is 0 (not written twice when every channel is open).
  * Vectors are GCC/Clang vector extensions: AVX2 + FMA on x86-64 with -march, two
  * NEON registers per vector on arm64.
  */
@@ -30,7 +37,8 @@
 typedef float v8f __attribute__((vector_size(32)));
 typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
 
-enum { PIXELS = 16, CHANNELS = 6, PANEL = 16, ROWS = 6, PLANAR_MAX_OPEN = 4, VECTORS = 4 };
+enum { PIXELS = 16, CHANNELS = 6, PANEL = 16, ROWS = 6, PLANAR_MAX_OPEN = 4, VECTORS = 4,
+       DOT_MAX_OPEN = 8 };
 
 const char* sanp_status_message(SanpStatus status) {
   switch (status) {
@@ -155,21 +163,20 @@ static void filter_rows_kernel(const float* const w[CHANNELS], const int* index,
   acc[4][0] = c40; acc[4][1] = c41; acc[5][0] = c50; acc[5][1] = c51;
 }
 
-/* acc[m] = sum over taps and live inputs of a[m] * panel, for ROWS pixel rows a[m] of a
- * packed (hp, wp, k_in) input map and a packed (taps, k_in, 16) panel of open filters. */
-static void pixel_rows_kernel(const float* const a[ROWS], const int* tap_offset, int taps,
-                              int k_in, const float* panel, v8f acc[ROWS][2]) {
+/* acc[m] = sum over kernel rows i of a[m][i][0:span] * panel[i], for ROWS pixels whose
+ * windows start at a[m] of a packed (hp, wp, k_in) input map (row i: row_stride further
+ * on) and a packed (kh, span, 16) panel of open filters, span = kw * k_in: a window's
+ * kernel row is span consecutive floats of the map. */
+static void pixel_rows_kernel(const float* const a[ROWS], int kh, size_t row_stride, int span,
+                              const float* panel, v8f acc[ROWS][2]) {
   v8f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
   v8f c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
-  for (int t = 0; t < taps; ++t) {
-    const float* a0 = a[0] + tap_offset[t];
-    const float* a1 = a[1] + tap_offset[t];
-    const float* a2 = a[2] + tap_offset[t];
-    const float* a3 = a[3] + tap_offset[t];
-    const float* a4 = a[4] + tap_offset[t];
-    const float* a5 = a[5] + tap_offset[t];
-    const float* w = panel + (size_t)t * k_in * PANEL;
-    for (int r = 0; r < k_in; ++r, w += PANEL) {
+  for (int i = 0; i < kh; ++i) {
+    const size_t o = (size_t)i * row_stride;
+    const float *a0 = a[0] + o, *a1 = a[1] + o, *a2 = a[2] + o;
+    const float *a3 = a[3] + o, *a4 = a[4] + o, *a5 = a[5] + o;
+    const float* w = panel + (size_t)i * span * PANEL;
+    for (int r = 0; r < span; ++r, w += PANEL) {
       const v8f w0 = *(const v8f*)w;
       const v8f w1 = *(const v8f*)(w + 8);
       c00 += a0[r] * w0; c01 += a0[r] * w1;
@@ -186,16 +193,15 @@ static void pixel_rows_kernel(const float* const a[ROWS], const int* tap_offset,
 }
 
 /* The same for a panel with at most 8 open filters: 12 pixel rows x 8 channels. */
-static void pixel_rows_kernel_narrow(const float* const a[2 * ROWS], const int* tap_offset,
-                                     int taps, int k_in, const float* panel,
-                                     v8f acc[2 * ROWS]) {
+static void pixel_rows_kernel_narrow(const float* const a[2 * ROWS], int kh, size_t row_stride,
+                                     int span, const float* panel, v8f acc[2 * ROWS]) {
   v8f c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0};
   v8f c6 = {0}, c7 = {0}, c8 = {0}, c9 = {0}, c10 = {0}, c11 = {0};
-  for (int t = 0; t < taps; ++t) {
+  for (int i = 0; i < kh; ++i) {
     const float* b[2 * ROWS];
-    for (int m = 0; m < 2 * ROWS; ++m) b[m] = a[m] + tap_offset[t];
-    const float* w = panel + (size_t)t * k_in * PANEL;
-    for (int r = 0; r < k_in; ++r, w += PANEL) {
+    for (int m = 0; m < 2 * ROWS; ++m) b[m] = a[m] + (size_t)i * row_stride;
+    const float* w = panel + (size_t)i * span * PANEL;
+    for (int r = 0; r < span; ++r, w += PANEL) {
       const v8f w0 = *(const v8f*)w;
       c0 += b[0][r] * w0; c1 += b[1][r] * w0; c2 += b[2][r] * w0;
       c3 += b[3][r] * w0; c4 += b[4][r] * w0; c5 += b[5][r] * w0;
@@ -207,6 +213,33 @@ static void pixel_rows_kernel_narrow(const float* const a[2 * ROWS], const int* 
   acc[6] = c6; acc[7] = c7; acc[8] = c8; acc[9] = c9; acc[10] = c10; acc[11] = c11;
 }
 
+/* Writes the zero-padded (hp, wp, kp) map of the live inputs into dst:
+ * dst[i][j][r] = x[i - pad_top][j - pad_left][live[r]] for r < k_in, 0 outside the input
+ * and for k_in <= r < kp. Rows are copied whole when every channel is live (kp == c_in). */
+static void pack_map(const Geometry* g, const float* xs, const int* live, int k_in, int kp,
+                     int hp, int wp, float* dst) {
+  const int j0 = g->pl < wp ? g->pl : wp, j1 = g->w + g->pl < wp ? g->w + g->pl : wp;
+  const int whole = k_in == g->c_in && kp == k_in;
+  for (int i = 0; i < hp; ++i, dst += (size_t)wp * kp) {
+    const int ih = i - g->pt;
+    if (ih < 0 || ih >= g->h) { memset(dst, 0, sizeof(float) * (size_t)wp * kp); continue; }
+    memset(dst, 0, sizeof(float) * (size_t)j0 * kp);
+    memset(dst + (size_t)j1 * kp, 0, sizeof(float) * (size_t)(wp - j1) * kp);
+    const float* src = xs + (size_t)ih * g->w * g->c_in;
+    if (whole) {  /* the row's pixels, contiguous */
+      memcpy(dst + (size_t)j0 * kp, src, sizeof(float) * (size_t)(j1 - j0) * kp);
+      continue;
+    }
+    for (int j = j0; j < j1; ++j) {
+      const float* s = src + (size_t)(j - g->pl) * g->c_in;
+      float* d = dst + (size_t)j * kp;
+      int r = 0;
+      for (; r < k_in; ++r) d[r] = s[live[r]];
+      for (; r < kp; ++r) d[r] = 0.0f;
+    }
+  }
+}
+
 /* Many pixels, few filters: the input is packed once, the open filters into panels. */
 static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const float* ws,
                                   const float* bs, const float* sc, const int* open,
@@ -216,24 +249,14 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
   const int panels = (k_out + PANEL - 1) / PANEL;
   const size_t k_in_alloc = k_in > 0 ? (size_t)k_in : 1;
   const size_t panel_bytes = sizeof(float) * (size_t)taps * k_in_alloc * PANEL * panels;
-  float* packed_x = calloc((size_t)hp * wp * k_in_alloc, sizeof(float));
+  float* packed_x = malloc(sizeof(float) * (size_t)hp * wp * k_in_alloc);
   float* packed_w = aligned_alloc(64, (panel_bytes + 63) / 64 * 64);
-  int* tap_offset = malloc(sizeof(int) * ((size_t)taps + pixels));
-  if (packed_x == NULL || packed_w == NULL || tap_offset == NULL) {
-    free(packed_x); free(packed_w); free(tap_offset);
+  int* pixel_offset = malloc(sizeof(int) * (size_t)pixels);
+  if (packed_x == NULL || packed_w == NULL || pixel_offset == NULL) {
+    free(packed_x); free(packed_w); free(pixel_offset);
     return SANP_ERROR_MEMORY;
   }
-  for (int i = 0; i < hp; ++i) {  /* zero-padded map of the live inputs */
-    const int ih = i - g->pt;
-    if (ih < 0 || ih >= g->h) continue;
-    for (int j = 0; j < wp; ++j) {
-      const int iw = j - g->pl;
-      if (iw < 0 || iw >= g->w) continue;
-      const float* src = xs + ((size_t)ih * g->w + iw) * g->c_in;
-      float* dst = packed_x + ((size_t)i * wp + j) * k_in;
-      for (int r = 0; r < k_in; ++r) dst[r] = src[live[r]];
-    }
-  }
+  pack_map(g, xs, live, k_in, k_in, hp, wp, packed_x);
   memset(packed_w, 0, panel_bytes);  /* panels (taps, k_in, 16), zero in unused lanes */
   for (int n = 0; n < k_out; ++n) {
     const float* src = ws + (size_t)open[n] * taps * g->c_in;
@@ -242,12 +265,11 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
       for (int r = 0; r < k_in; ++r)
         dst[((size_t)t * k_in + r) * PANEL] = src[(size_t)t * g->c_in + live[r]];
   }
-  for (int i = 0; i < g->kh; ++i)
-    for (int j = 0; j < g->kw; ++j) tap_offset[i * g->kw + j] = (i * wp + j) * k_in;
-  int* pixel_offset = tap_offset + taps;  /* where each output pixel's window starts */
-  for (int i = 0; i < g->out_h; ++i)
+  for (int i = 0; i < g->out_h; ++i)  /* where each output pixel's window starts */
     for (int j = 0; j < g->out_w; ++j)
       pixel_offset[i * g->out_w + j] = (i * g->sh * wp + j * g->sw) * k_in;
+  const size_t row_stride = (size_t)wp * k_in;
+  const int span = g->kw * k_in;
   for (int panel = 0; panel < panels; ++panel) {
     const int lanes = k_out - panel * PANEL < PANEL ? k_out - panel * PANEL : PANEL;
     const float* weights = packed_w + (size_t)panel * taps * k_in * PANEL;
@@ -264,7 +286,7 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
         a[m] = packed_x + pixel_offset[p];
       }
       v8f acc[2 * ROWS];
-      pixel_rows_kernel_narrow(a, tap_offset, taps, k_in, weights, acc);
+      pixel_rows_kernel_narrow(a, g->kh, row_stride, span, weights, acc);
       for (int m = 0; m < 2 * ROWS && p0 + m < pixels; ++m) {
         float* dst = ys + (size_t)(p0 + m) * g->c_out;
         for (int l = 0; l < lanes; ++l) {
@@ -280,7 +302,7 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
         a[m] = packed_x + pixel_offset[p];
       }
       v8f acc[ROWS][2];
-      pixel_rows_kernel(a, tap_offset, taps, k_in, weights, acc);
+      pixel_rows_kernel(a, g->kh, row_stride, span, weights, acc);
       for (int m = 0; m < ROWS && p0 + m < pixels; ++m) {
         float* dst = ys + (size_t)(p0 + m) * g->c_out;
         if (whole) {  /* 16 consecutive open channels: two vector stores */
@@ -297,7 +319,7 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
       }
     }
   }
-  free(packed_x); free(packed_w); free(tap_offset);
+  free(packed_x); free(packed_w); free(pixel_offset);
   return SANP_OK;
 }
 
@@ -401,6 +423,117 @@ static SanpStatus conv_planar(const Geometry* g, const float* xs, const float* w
   return SANP_OK;
 }
 
+/* s[i] = the sum of a[i]'s lanes, for 8 vectors: three rounds of pairwise shuffles. */
+static inline v8f sum_lanes8(const v8f a[8]) {
+  v8f b[4], c[2];
+  for (int i = 0; i < 4; ++i)  /* b[i]: lanes 0+1, 2+3, ... of a[2i] and a[2i+1], interleaved */
+    b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  for (int i = 0; i < 2; ++i)  /* c[i]: halves of a[4i..4i+3] */
+    c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+           __builtin_shufflevector(b[2 * i], b[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  return __builtin_shufflevector(c[0], c[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(c[0], c[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+/* acc = lane-wise partial sums over kernel rows i of x[q][i][0:span] * w[m][i][0:span],
+ * for `filters` (1 or 2) filters w[m] (row i at w[m] + i * span) and 8 / filters pixels
+ * whose windows start at a[q] of a packed (hp, wp, kp) map, a kernel row being `span`
+ * = kw * kp consecutive floats of both: acc[q] for one filter, acc[4 m + q] for two. */
+static inline __attribute__((always_inline)) void dot_kernel(
+    const float* const a[8], int kh, size_t row_stride, int span, const float* const w[2],
+    int filters, v8f acc[8]) {
+  v8f c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0}, c6 = {0}, c7 = {0};
+  for (int i = 0; i < kh; ++i) {
+    const size_t o = (size_t)i * row_stride;
+    const float *a0 = a[0] + o, *a1 = a[1] + o, *a2 = a[2] + o, *a3 = a[3] + o;
+    const float *a4 = a[4] + o, *a5 = a[5] + o, *a6 = a[6] + o, *a7 = a[7] + o;
+    const float* w0 = w[0] + (size_t)i * span;
+    const float* w1 = w[1] + (size_t)i * span;
+    for (int v = 0; v < span; v += 8) {
+      const v8f f0 = *(const v8f_unaligned*)(w0 + v);
+      const v8f x0 = *(const v8f*)(a0 + v), x1 = *(const v8f*)(a1 + v);
+      const v8f x2 = *(const v8f*)(a2 + v), x3 = *(const v8f*)(a3 + v);
+      c0 += x0 * f0; c1 += x1 * f0; c2 += x2 * f0; c3 += x3 * f0;
+      if (filters == 1) {
+        c4 += *(const v8f*)(a4 + v) * f0; c5 += *(const v8f*)(a5 + v) * f0;
+        c6 += *(const v8f*)(a6 + v) * f0; c7 += *(const v8f*)(a7 + v) * f0;
+      } else {
+        const v8f f1 = *(const v8f_unaligned*)(w1 + v);
+        c4 += x0 * f1; c5 += x1 * f1; c6 += x2 * f1; c7 += x3 * f1;
+      }
+    }
+  }
+  acc[0] = c0; acc[1] = c1; acc[2] = c2; acc[3] = c3;
+  acc[4] = c4; acc[5] = c5; acc[6] = c6; acc[7] = c7;
+}
+
+/* Few open channels, many live inputs: vectors run along the input channels, read
+ * from a zero-padded (hp, wp, kp) copy of the live inputs (kp: k_in rounded up to 8;
+ * rows copied whole when every channel is live) against the filters in place (or a
+ * packed copy of the open ones when some inputs are dead); each sum's lanes are added
+ * up at the end, 8 at a time. */
+static SanpStatus conv_channel_dot(const Geometry* g, const float* xs, const float* ws,
+                                   const float* bs, const float* sc, const int* open,
+                                   int k_out, const int* live, int k_in, float* ys) {
+  const int pixels = g->out_h * g->out_w, taps = g->kh * g->kw, kp = (k_in + 7) / 8 * 8;
+  const int hp = (g->out_h - 1) * g->sh + g->kh, wp = (g->out_w - 1) * g->sw + g->kw;
+  const int in_place = k_in == g->c_in && kp == k_in;  /* filters read as they are */
+  const size_t map_bytes = sizeof(float) * (size_t)hp * wp * kp;
+  const size_t w_floats = in_place ? 0 : (size_t)k_out * taps * kp;
+  float* packed_x = aligned_alloc(32, (map_bytes + 31) / 32 * 32);
+  float* packed_w = malloc(sizeof(float) * (w_floats > 0 ? w_floats : 1));
+  int* pixel_offset = malloc(sizeof(int) * (size_t)pixels);
+  if (packed_x == NULL || packed_w == NULL || pixel_offset == NULL) {
+    free(packed_x); free(packed_w); free(pixel_offset);
+    return SANP_ERROR_MEMORY;
+  }
+  pack_map(g, xs, live, k_in, kp, hp, wp, packed_x);
+  for (int m = 0; m < k_out && !in_place; ++m) {  /* (k_out, taps, kp) */
+    const float* src = ws + (size_t)open[m] * taps * g->c_in;
+    float* dst = packed_w + (size_t)m * taps * kp;
+    for (int t = 0; t < taps; ++t) {
+      int r = 0;
+      for (; r < k_in; ++r) dst[(size_t)t * kp + r] = src[(size_t)t * g->c_in + live[r]];
+      for (; r < kp; ++r) dst[(size_t)t * kp + r] = 0.0f;
+    }
+  }
+  for (int i = 0; i < g->out_h; ++i)
+    for (int j = 0; j < g->out_w; ++j)
+      pixel_offset[i * g->out_w + j] = (i * g->sh * wp + j * g->sw) * kp;
+  const size_t row_stride = (size_t)wp * kp;
+  const int span = g->kw * kp;  /* a kernel row: kw taps of kp channels, in both */
+  for (int c0 = 0; c0 < k_out; c0 += 2) {
+    const int filters = k_out - c0 >= 2 ? 2 : 1, tile = 8 / filters;
+    const float* w[2];
+    for (int m = 0; m < 2; ++m) {
+      const int n = c0 + (m < filters ? m : 0);
+      w[m] = in_place ? ws + (size_t)open[n] * taps * g->c_in : packed_w + (size_t)n * taps * kp;
+    }
+    for (int p0 = 0; p0 < pixels; p0 += tile) {
+      const float* a[8];
+      for (int q = 0; q < 8; ++q) {  /* tail pixels repeat a valid one */
+        const int p = p0 + q % tile < pixels ? p0 + q % tile : p0;
+        a[q] = packed_x + pixel_offset[p];
+      }
+      v8f acc[8];
+      if (filters == 1)
+        dot_kernel(a, g->kh, row_stride, span, w, 1, acc);
+      else
+        dot_kernel(a, g->kh, row_stride, span, w, 2, acc);
+      const v8f sums = sum_lanes8(acc);
+      for (int m = 0; m < filters; ++m) {
+        const int c = open[c0 + m];
+        const v8f y = activate8((sums + bs[c]) * sc[c], g->act);
+        for (int q = 0; q < tile && p0 + q < pixels; ++q)
+          ys[(size_t)(p0 + q) * g->c_out + c] = y[m * tile + q];
+      }
+    }
+  }
+  free(packed_x); free(packed_w); free(pixel_offset);
+  return SANP_OK;
+}
+
 typedef uint32_t v8u __attribute__((vector_size(32)));
 typedef uint32_t v8u_unaligned __attribute__((vector_size(32), aligned(4)));
 
@@ -483,14 +616,22 @@ SanpStatus sanp_gated_conv2d(const SanpTensor* x, const SanpTensor* scale,
   live_channels(xs, (size_t)g.h * g.w, g.c_in, live);
   for (int r = 0; r < g.c_in; ++r)
     if (live[r]) live[k_in++] = r;
-  memset(ys, 0, sizeof(float) * (size_t)pixels * g.c_out);
+  if (k_out < g.c_out)  /* every layout writes each open channel at every pixel */
+    memset(ys, 0, sizeof(float) * (size_t)pixels * g.c_out);
   if (k_out == 0) { free(open); return SANP_OK; }
+  if (k_out <= DOT_MAX_OPEN && k_in >= 8 && (k_in + 7) / 8 * 8 * 4 <= 5 * k_in) {
+    s = conv_channel_dot(&g, xs, ws, bs, sc, open, k_out, live, k_in, ys);
+    free(open);
+    return s;
+  }
   if (k_out <= PLANAR_MAX_OPEN && g.out_w >= 8) {  /* vectors over pixels, not channels */
     s = conv_planar(&g, xs, ws, bs, sc, open, k_out, live, k_in, ys);
     free(open);
     return s;
   }
-  if (pixels >= 4 * k_out) {  /* early layers: packing the few filters is cheap */
+  /* early layers: packing the few filters is cheap; with few live inputs the output's
+   * whole-vector stores outweigh packing the filters */
+  if (pixels >= 4 * k_out || (pixels >= k_out && k_in <= 16)) {
     s = conv_pixel_rows(&g, xs, ws, bs, sc, open, k_out, live, k_in, ys);
     free(open);
     return s;
