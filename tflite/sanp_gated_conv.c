@@ -213,13 +213,19 @@ static void pixel_rows_kernel_narrow(const float* const a[2 * ROWS], int kh, siz
   acc[6] = c6; acc[7] = c7; acc[8] = c8; acc[9] = c9; acc[10] = c10; acc[11] = c11;
 }
 
+/* Whether every input channel is live and fills whole vectors: the input's rows and the
+ * filters can then be read as they are. */
+static inline int all_inputs_live(const Geometry* g, int k_in, int kp) {
+  return k_in == g->c_in && kp == k_in;
+}
+
 /* Writes the zero-padded (hp, wp, kp) map of the live inputs into dst:
  * dst[i][j][r] = x[i - pad_top][j - pad_left][live[r]] for r < k_in, 0 outside the input
  * and for k_in <= r < kp. Rows are copied whole when every channel is live (kp == c_in). */
 static void pack_map(const Geometry* g, const float* xs, const int* live, int k_in, int kp,
                      int hp, int wp, float* dst) {
   const int j0 = g->pl < wp ? g->pl : wp, j1 = g->w + g->pl < wp ? g->w + g->pl : wp;
-  const int whole = k_in == g->c_in && kp == k_in;
+  const int whole = all_inputs_live(g, k_in, kp);
   for (int i = 0; i < hp; ++i, dst += (size_t)wp * kp) {
     const int ih = i - g->pt;
     if (ih < 0 || ih >= g->h) { memset(dst, 0, sizeof(float) * (size_t)wp * kp); continue; }
@@ -478,7 +484,7 @@ static SanpStatus conv_channel_dot(const Geometry* g, const float* xs, const flo
                                    int k_out, const int* live, int k_in, float* ys) {
   const int pixels = g->out_h * g->out_w, taps = g->kh * g->kw, kp = (k_in + 7) / 8 * 8;
   const int hp = (g->out_h - 1) * g->sh + g->kh, wp = (g->out_w - 1) * g->sw + g->kw;
-  const int in_place = k_in == g->c_in && kp == k_in;  /* filters read as they are */
+  const int in_place = all_inputs_live(g, k_in, kp);  /* filters read as they are */
   const size_t map_bytes = sizeof(float) * (size_t)hp * wp * kp;
   const size_t w_floats = in_place ? 0 : (size_t)k_out * taps * kp;
   float* packed_x = aligned_alloc(32, (map_bytes + 31) / 32 * 32);
