@@ -1,11 +1,15 @@
-/* Fuzz test of sanp_gated_conv2d, meant to run under AddressSanitizer (make fuzz).
+/* Fuzz test of sanp_gated_conv2d and sanp_se_gated_conv2d, meant to run under
+ * AddressSanitizer (make fuzz).
  *
  * Each iteration draws shapes, strides, padding, activation, gates (all closed, all
  * open, 1 to 4 open, or random) and zeroed input channels (or none, with channel counts
  * often a multiple of 8: inputs read in place), compares the kernel with a direct
  * convolution, then feeds it malformed tensors (wrong rank, dtype, shape, short
- * buffers, bad params) that must be refused with an error status. Buffers are
- * allocated at their exact size, so any read past them is an ASan finding.
+ * buffers, bad params) that must be refused with an error status. The SE-gated entry
+ * gets random gate weights on the same tensors: its decisions are checked against the
+ * gate computed here in double precision, its output against the direct convolution
+ * with those decisions. Buffers are allocated at their exact size, so any read past
+ * them is an ASan finding.
  *
  *   fuzz_gated_conv [iterations] [seed]   exit status 0: all passed
  */
@@ -60,13 +64,102 @@ static int failures = 0;
     }                                           \
   } while (0)
 
+/* The SE-gated entry on one case's tensors (params already valid). */
+static void se_case(int iteration, const SanpTensor* x, const SanpTensor* filter,
+                    const SanpTensor* bias, const SanpTensor* params, SanpTensor* out) {
+  const int h = x->dims[1], wd = x->dims[2], c_in = x->dims[3], c_out = filter->dims[0];
+  const int kh = filter->dims[1], kw = filter->dims[2], oh = out->dims[1], ow = out->dims[2];
+  const int32_t* ps = params->data;
+  const int hidden = range(1, 6), columns = c_in + 1 + c_out;
+  const int gd[2] = {hidden + 1, columns}, dd[2] = {1, c_out};
+  SanpTensor gate = tensor(SANP_FLOAT32, 2, gd), decisions = tensor(SANP_FLOAT32, 2, dd);
+  float* gs = gate.data;
+  const int closed = range(0, 4) == 0;  /* every score negative: only the best opens */
+  for (int i = 0; i < (hidden + 1) * columns; ++i) gs[i] = uniform();
+  for (int r = 0; r < c_in + 1; ++r) gs[(size_t)hidden * columns + r] = 0.0f;
+  for (int c = 0; c < c_out && closed; ++c) {
+    for (int j = 0; j < hidden; ++j) gs[(size_t)j * columns + c_in + 1 + c] = -fabsf(gs[(size_t)j * columns + c_in + 1 + c]);
+    gs[(size_t)hidden * columns + c_in + 1 + c] = -1.0f - fabsf(uniform());
+  }
+  const float* xs = x->data;
+  double s[128], hs[8], g[64];
+  for (int r = 0; r < c_in; ++r) {
+    s[r] = 0.0;
+    for (int p = 0; p < h * wd; ++p) s[r] += xs[(size_t)p * c_in + r];
+    s[r] /= h * wd;
+  }
+  for (int j = 0; j < hidden; ++j) {
+    double acc = gs[(size_t)j * columns + c_in];
+    for (int r = 0; r < c_in; ++r) acc += s[r] * gs[(size_t)j * columns + r];
+    hs[j] = acc > 0 ? acc : 0;
+  }
+  int best = 0;
+  for (int c = 0; c < c_out; ++c) {
+    g[c] = gs[(size_t)hidden * columns + c_in + 1 + c];
+    for (int j = 0; j < hidden; ++j) g[c] += hs[j] * gs[(size_t)j * columns + c_in + 1 + c];
+    if (g[c] > g[best]) best = c;
+  }
+  SanpStatus st = sanp_se_gated_conv2d(x, &gate, filter, bias, params, out, &decisions);
+  EXPECT(st == SANP_OK, "SE case %d returned %s", iteration, sanp_status_message(st));
+  if (st == SANP_OK) {
+    const float* ds = decisions.data;
+    int open = 0;
+    for (int c = 0; c < c_out; ++c) {
+      const int want = g[c] > 0 || c == best;
+      open += ds[c] != 0.0f;
+      EXPECT(ds[c] == (float)want || fabs(g[c]) < 1e-4 || fabs(g[c] - g[best]) < 1e-4,
+             "SE case %d channel %d: decision %g, score %g", iteration, c, ds[c], g[c]);
+    }
+    EXPECT(open >= 1, "SE case %d: no channel open", iteration);
+    const float* ys = out->data;
+    for (int p = 0; p < oh; ++p)
+      for (int q = 0; q < ow; ++q)
+        for (int c = 0; c < c_out; ++c) {
+          float want = 0.0f;
+          if (ds[c] != 0.0f) {
+            want = (reference(xs, filter->data, h, wd, c_in, kh, kw, ps[0], ps[1], ps[2], ps[3],
+                              p, q, c) + ((const float*)bias->data)[c]) *
+                   (float)(1.0 / (1.0 + exp(-g[c])));
+            if (ps[4] >= 1 && want < 0) want = 0;
+            if (ps[4] == 2 && want > 6) want = 6;
+          }
+          const float got = ys[((size_t)p * ow + q) * c_out + c];
+          EXPECT(fabsf(got - want) <= 1e-4f * (1.0f + fabsf(want)),
+                 "SE case %d pixel (%d,%d) channel %d: got %g want %g", iteration, p, q, c,
+                 got, want);
+        }
+  }
+  SanpTensor bad;
+  bad = gate; bad.dims[1] += 1;
+  EXPECT(sanp_se_gated_conv2d(x, &bad, filter, bias, params, out, &decisions) != SANP_OK,
+         "gate columns");
+  bad = gate; bad.dims[0] = 1;
+  EXPECT(sanp_se_gated_conv2d(x, &bad, filter, bias, params, out, &decisions) != SANP_OK,
+         "gate without hidden rows");
+  bad = gate; bad.bytes -= 4;
+  EXPECT(sanp_se_gated_conv2d(x, &bad, filter, bias, params, out, &decisions) == SANP_ERROR_SIZE,
+         "short gate");
+  bad = gate; bad.rank = 3;
+  EXPECT(sanp_se_gated_conv2d(x, &bad, filter, bias, params, out, &decisions) == SANP_ERROR_RANK,
+         "gate rank");
+  bad = decisions; bad.dims[1] += 1;
+  EXPECT(sanp_se_gated_conv2d(x, &gate, filter, bias, params, out, &bad) != SANP_OK,
+         "decisions shape");
+  bad = decisions; bad.bytes -= 4;
+  EXPECT(sanp_se_gated_conv2d(x, &gate, filter, bias, params, out, &bad) == SANP_ERROR_SIZE,
+         "short decisions");
+  EXPECT(sanp_se_gated_conv2d(x, &gate, filter, bias, params, out, NULL) != SANP_OK,
+         "null decisions");
+  free(gate.data); free(decisions.data);
+}
+
 static void one_case(int iteration) {
   const int kh = range(1, 3) * 2 - 1 > 5 ? 5 : range(1, 3) * 2 - 1;  /* 1, 3, 5 */
   const int kw = kh;
   const int sh = range(1, 2), sw = sh;
   const int same = range(0, 1);
   const int h = range(kh, 20), wd = range(kw, 20);  /* rows of >= 8 outputs: planar path */
-  const int c_in = range(0, 2) == 0 ? 8 * range(1, 5) : range(1, 40);  /* whole vectors */
+  const int c_in = range(0, 2) == 0 ? 8 * range(1, 9) : range(1, 40);  /* whole vectors */
   const int c_out = range(1, 40), act = range(0, 2);
   int oh, ow, pt = 0, pl = 0;
   if (same) {
@@ -154,6 +247,7 @@ static void one_case(int iteration) {
   bad.bytes = params.bytes;
   EXPECT(sanp_gated_conv2d(&x, &scale, &filter, &bias, &bad, &out) != SANP_OK, "params shape");
 
+  se_case(iteration, &x, &filter, &bias, &params, &out);
   free(x.data); free(scale.data); free(filter.data); free(bias.data);
   free(params.data); free(out.data);
 }

@@ -31,6 +31,7 @@
  */
 #include "sanp_gated_conv.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -587,27 +588,142 @@ static void live_channels(const float* xs, size_t pixels, int c, int* live) {
   }
 }
 
+/* Checks every tensor but the gate's: x, filter, bias, params and the output. */
+static SanpStatus check_conv(const SanpTensor* x, const SanpTensor* filter,
+                             const SanpTensor* bias, const SanpTensor* params,
+                             const SanpTensor* out, Geometry* g) {
+  SanpStatus s = geometry(x, filter, params, 1, g);
+  if (s != SANP_OK) return s;
+  if ((s = check(bias, SANP_FLOAT32, 1)) != SANP_OK) return s;
+  if ((s = check(out, SANP_FLOAT32, 4)) != SANP_OK) return s;
+  if (bias->dims[0] != g->c_out) return SANP_ERROR_SHAPE;
+  if (out->dims[0] != 1 || out->dims[1] != g->out_h || out->dims[2] != g->out_w ||
+      out->dims[3] != g->c_out)
+    return SANP_ERROR_SHAPE;
+  return SANP_OK;
+}
+
+static SanpStatus gated_conv(const Geometry* gp, const float* xs, const float* sc,
+                             const float* ws, const float* bs, float* ys);
+
 SanpStatus sanp_gated_conv2d(const SanpTensor* x, const SanpTensor* scale,
                              const SanpTensor* filter, const SanpTensor* bias,
                              const SanpTensor* params, SanpTensor* out) {
   Geometry g;
-  SanpStatus s = geometry(x, filter, params, 1, &g);
+  SanpStatus s = check_conv(x, filter, bias, params, out, &g);
   if (s != SANP_OK) return s;
   if ((s = check(scale, SANP_FLOAT32, 4)) != SANP_OK) return s;
-  if ((s = check(bias, SANP_FLOAT32, 1)) != SANP_OK) return s;
-  if ((s = check(out, SANP_FLOAT32, 4)) != SANP_OK) return s;
-  if (scale->dims[0] * scale->dims[1] * scale->dims[2] != 1 || scale->dims[3] != g.c_out ||
-      bias->dims[0] != g.c_out)
+  if (scale->dims[0] * scale->dims[1] * scale->dims[2] != 1 || scale->dims[3] != g.c_out)
     return SANP_ERROR_SHAPE;
-  if (out->dims[0] != 1 || out->dims[1] != g.out_h || out->dims[2] != g.out_w ||
-      out->dims[3] != g.c_out)
-    return SANP_ERROR_SHAPE;
+  return gated_conv(&g, (const float*)x->data, (const float*)scale->data,
+                    (const float*)filter->data, (const float*)bias->data, (float*)out->data);
+}
 
-  const float* xs = (const float*)x->data;
-  const float* sc = (const float*)scale->data;
-  const float* ws = (const float*)filter->data;
-  const float* bs = (const float*)bias->data;
-  float* ys = (float*)out->data;
+/* s[r] = the sum over pixels of channel r of a (pixels, c) map. */
+static void channel_sums(const float* xs, size_t pixels, int c, float* s) {
+  const int nb = c / 8;  /* whole vectors per pixel */
+  int r0 = 0;
+  if (c % 8 == 0 && 8 % nb == 0) {
+    /* The map as one stream of vectors, vector i of channel block i % nb: 8 sums,
+     * sum k of the vectors i = k (mod 8), hold block k % nb (8 independent chains). */
+    const size_t vectors = pixels * (size_t)nb;
+    v8f a[8] = {{0}};
+    size_t i = 0;
+    for (; i + 8 <= vectors; i += 8)
+      for (int k = 0; k < 8; ++k) a[k] += *(const v8f_unaligned*)(xs + (i + k) * 8);
+    for (; i < vectors; ++i) a[i % 8] += *(const v8f_unaligned*)(xs + i * 8);
+    for (int b = 0; b < nb; ++b) {
+      v8f acc = {0};
+      for (int k = b; k < 8; k += nb) acc += a[k];
+      for (int l = 0; l < 8; ++l) s[b * 8 + l] = acc[l];
+    }
+    return;
+  }
+  if (nb >= 8) {  /* wide maps: a row of sums, each updated once per pixel */
+    memset(s, 0, sizeof(float) * (size_t)nb * 8);
+    for (size_t p = 0; p < pixels; ++p)
+      for (int b = 0; b < nb; ++b)
+        *(v8f_unaligned*)(s + b * 8) += *(const v8f_unaligned*)(xs + p * c + b * 8);
+    r0 = nb * 8;
+  }
+  for (int r = r0; r < c; ++r) {
+    float acc = 0.0f;
+    for (size_t p = 0; p < pixels; ++p) acc += xs[p * c + r];
+    s[r] = acc;
+  }
+}
+
+/* The layer's gate from x: its scale and decisions, each (c_out); see the header. */
+static SanpStatus se_gate(const Geometry* g, const float* xs, const float* gate, int hidden,
+                          float* scale, float* decisions) {
+  const int c_in = g->c_in, c_out = g->c_out, row = c_in + 1 + c_out;
+  const size_t pixels = (size_t)g->h * g->w;
+  float* s = malloc(sizeof(float) * ((size_t)c_in + hidden));
+  if (s == NULL) return SANP_ERROR_MEMORY;
+  float* h = s + c_in;
+  channel_sums(xs, pixels, c_in, s);
+  int r;
+  for (r = 0; r < c_in; ++r) s[r] /= (float)pixels;
+  for (int j = 0; j < hidden; ++j) {  /* h = relu(s W1 + b1) */
+    const float* w = gate + (size_t)j * row;
+    float acc = w[c_in];
+    for (r = 0; r < c_in; ++r) acc += s[r] * w[r];
+    h[j] = acc > 0.0f ? acc : 0.0f;
+  }
+  int best = 0;
+  const float* b2 = gate + (size_t)hidden * row + c_in + 1;
+  for (int c = 0; c < c_out; ++c) {  /* g = h W2 + b2, kept in scale for now */
+    float acc = b2[c];
+    for (int j = 0; j < hidden; ++j) acc += h[j] * gate[(size_t)j * row + c_in + 1 + c];
+    scale[c] = acc;
+    if (acc > scale[best]) best = c;  /* the first highest score, as argmax */
+  }
+  for (int c = 0; c < c_out; ++c) {
+    const float score = scale[c];
+    decisions[c] = score > 0.0f || c == best ? 1.0f : 0.0f;
+    scale[c] = decisions[c] != 0.0f ? 1.0f / (1.0f + expf(-score)) : 0.0f;
+  }
+  free(s);
+  return SANP_OK;
+}
+
+SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
+                                const SanpTensor* filter, const SanpTensor* bias,
+                                const SanpTensor* params, SanpTensor* out,
+                                SanpTensor* decisions) {
+  Geometry g;
+  SanpStatus s = check_conv(x, filter, bias, params, out, &g);
+  if (s != SANP_OK) return s;
+  if ((s = check(gate, SANP_FLOAT32, 2)) != SANP_OK) return s;
+  if ((s = check(decisions, SANP_FLOAT32, 2)) != SANP_OK) return s;
+  if (gate->dims[0] < 2 || gate->dims[1] != g.c_in + 1 + g.c_out ||
+      decisions->dims[0] != 1 || decisions->dims[1] != g.c_out)
+    return SANP_ERROR_SHAPE;
+  float* scale = malloc(sizeof(float) * (size_t)g.c_out);
+  if (scale == NULL) return SANP_ERROR_MEMORY;
+  s = se_gate(&g, (const float*)x->data, (const float*)gate->data, gate->dims[0] - 1, scale,
+              (float*)decisions->data);
+  if (s == SANP_OK)
+    s = gated_conv(&g, (const float*)x->data, scale, (const float*)filter->data,
+                   (const float*)bias->data, (float*)out->data);
+  free(scale);
+  return s;
+}
+
+SanpStatus sanp_se_gated_conv2d_output_shapes(const SanpTensor* x, const SanpTensor* filter,
+                                              const SanpTensor* params, int32_t out_dims[4],
+                                              int32_t decisions_dims[2]) {
+  SanpStatus s = sanp_gated_conv2d_output_shape(x, filter, params, out_dims);
+  decisions_dims[0] = 1;
+  decisions_dims[1] = out_dims[3];
+  return s;
+}
+
+/* The convolution over the open channels (sc != 0) and live inputs, checked geometry. */
+static SanpStatus gated_conv(const Geometry* gp, const float* xs, const float* sc,
+                             const float* ws, const float* bs, float* ys) {
+  const Geometry g = *gp;
+  SanpStatus s;
   const int pixels = g.out_h * g.out_w, taps = g.kh * g.kw;
   const size_t row = (size_t)(pixels + PIXELS - 1) / PIXELS * PIXELS;  /* A's row length */
   const size_t filter_row = (size_t)taps * g.c_in;

@@ -50,6 +50,24 @@ SanpStatus sanp_gated_conv2d(const SanpTensor* x, const SanpTensor* scale,
                              const SanpTensor* filter, const SanpTensor* bias,
                              const SanpTensor* params, SanpTensor* out);
 
+/* The same layer with its gate computed here from x (SanpSEGatedConv2D): the SE gate of
+ * METHOD.md (eq. 1, 5, 6; b = 1[g > 0], eq. 7) at inference,
+ *   s = mean of x over pixels (C_in), h = relu(s W1 + b1), g = h W2 + b2 (C_out),
+ *   decisions[c] = 1 if g[c] > 0 or c is the first highest score (a layer keeps at
+ *   least one channel), else 0;  scale[c] = decisions[c] * sigmoid(g[c]),
+ * then the convolution above with that scale. gate (hidden + 1, C_in + 1 + C_out) f32
+ * holds the weights: row j < hidden is [W1[:, j], b1[j], W2[j, :]], the last row
+ * [0 (C_in + 1 values), b2]. decisions (1, C_out) f32 receives the decisions. */
+SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
+                                const SanpTensor* filter, const SanpTensor* bias,
+                                const SanpTensor* params, SanpTensor* out,
+                                SanpTensor* decisions);
+
+/* Output shapes of sanp_se_gated_conv2d: out (rank 4) and decisions (1, C_out). */
+SanpStatus sanp_se_gated_conv2d_output_shapes(const SanpTensor* x, const SanpTensor* filter,
+                                              const SanpTensor* params, int32_t out_dims[4],
+                                              int32_t decisions_dims[2]);
+
 /* Output shape from the input shapes alone: rank-4 dims into out_dims. */
 SanpStatus sanp_gated_conv2d_output_shape(const SanpTensor* x, const SanpTensor* filter,
                                           const SanpTensor* params, int32_t out_dims[4]);

@@ -1,8 +1,10 @@
-/* LiteRT glue: the SanpGatedConv2D custom op (CustomOpDispatcher) and a small runner.
+/* LiteRT glue: the custom ops (CustomOpDispatcher) and a small runner.
  *
- * The op: inputs (x, scale, filter, bias, params), one output; see sanp_gated_conv.h.
- * Register it on LiteRtOptions with sanp_register_kernels() before compiling a model
- * exported with kind="kernels". The runner wraps the CompiledModel API for ctypes
+ * SanpGatedConv2D: inputs (x, scale, filter, bias, params), one output.
+ * SanpSEGatedConv2D: inputs (x, gate, filter, bias, params), outputs (y, decisions): the
+ * same convolution with the layer's SE gate computed in the kernel from x.
+ * See sanp_gated_conv.h. Register both on LiteRtOptions with sanp_register_kernels()
+ * before compiling a model exported with kind="kernels". The runner wraps the CompiledModel API for ctypes
  * (sanp_keras.export.KernelRunner) and for the latency benchmark.
  */
 #include <stdio.h>
@@ -14,6 +16,7 @@
 #include "sanp_gated_conv.h"
 
 #define SANP_OP_NAME "SanpGatedConv2D"
+#define SANP_SE_OP_NAME "SanpSEGatedConv2D"
 
 /* LiteRT 2.3.0 ignores the status a custom kernel returns, so the last one is also
  * kept here: the runner turns it into an error of the run. */
@@ -48,11 +51,15 @@ static LiteRtStatus op_init(void* user_data, const void* data, size_t size) {
   return kLiteRtStatusOk;
 }
 
+/* user_data of each op: how many outputs it has (1: SanpGatedConv2D, 2: SanpSEGatedConv2D). */
+static int kOneOutput = 1, kTwoOutputs = 2;
+
 static LiteRtStatus op_output_layouts(void* user_data, size_t num_inputs,
                                       const LiteRtLayout* inputs, size_t num_outputs,
                                       LiteRtLayout* outputs) {
-  (void)user_data;
-  if (num_inputs != 5 || num_outputs != 1) return kLiteRtStatusErrorInvalidArgument;
+  const int expected_outputs = *(const int*)user_data;
+  if (num_inputs != 5 || num_outputs != (size_t)expected_outputs)
+    return kLiteRtStatusErrorInvalidArgument;
   SanpTensor x, filter, params;
   layout_tensor(&inputs[0], SANP_FLOAT32, &x);
   layout_tensor(&inputs[2], SANP_FLOAT32, &filter);
@@ -64,6 +71,12 @@ static LiteRtStatus op_output_layouts(void* user_data, size_t num_inputs,
   outputs[0].rank = 4;
   outputs[0].has_strides = 0;
   for (int i = 0; i < 4; ++i) outputs[0].dimensions[i] = dims[i];
+  if (num_outputs == 2) {  /* decisions (1, C_out) */
+    outputs[1].rank = 2;
+    outputs[1].has_strides = 0;
+    outputs[1].dimensions[0] = 1;
+    outputs[1].dimensions[1] = dims[3];
+  }
   return kLiteRtStatusOk;
 }
 
@@ -85,22 +98,25 @@ static LiteRtStatus lock_tensor(LiteRtTensorBuffer buffer, int mode, SanpTensor*
 static LiteRtStatus op_run(void* user_data, size_t num_inputs,
                            const LiteRtTensorBuffer* inputs, size_t num_outputs,
                            LiteRtTensorBuffer* outputs) {
-  (void)user_data;
-  if (num_inputs != 5 || num_outputs != 1) {
+  const size_t n_out = (size_t)*(const int*)user_data;
+  if (num_inputs != 5 || num_outputs != n_out) {
     last_status = SANP_ERROR_RANK;
     return kLiteRtStatusErrorInvalidArgument;
   }
-  SanpTensor t[6];
+  const size_t n = 5 + n_out;
+  SanpTensor t[7];
   size_t locked = 0;
   LiteRtStatus status = kLiteRtStatusOk;
-  for (; locked < 6 && status == kLiteRtStatusOk; ++locked) {
-    LiteRtTensorBuffer b = locked < 5 ? inputs[locked] : outputs[0];
+  for (; locked < n && status == kLiteRtStatusOk; ++locked) {
+    LiteRtTensorBuffer b = locked < 5 ? inputs[locked] : outputs[locked - 5];
     status = lock_tensor(b, locked < 5 ? kLiteRtTensorBufferLockModeRead
                                        : kLiteRtTensorBufferLockModeWrite, &t[locked]);
   }
   if (status == kLiteRtStatusOk) {
     const double start = now_ms();
-    last_status = sanp_gated_conv2d(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5]);
+    last_status = n_out == 1
+        ? sanp_gated_conv2d(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5])
+        : sanp_se_gated_conv2d(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6]);
     kernel_ms += now_ms() - start;
     kernel_calls += 1;
     status = to_litert(last_status);
@@ -108,7 +124,7 @@ static LiteRtStatus op_run(void* user_data, size_t num_inputs,
     last_status = SANP_ERROR_SIZE;
     locked -= 1;  /* the failed lock holds nothing */
   }
-  for (size_t i = 0; i < locked; ++i) LiteRtUnlockTensorBuffer(i < 5 ? inputs[i] : outputs[0]);
+  for (size_t i = 0; i < locked; ++i) LiteRtUnlockTensorBuffer(i < 5 ? inputs[i] : outputs[i - 5]);
   return status;
 }
 
@@ -121,7 +137,11 @@ static const LiteRtCustomOpKernel kGatedConv2D = {op_init, op_output_layouts, op
                                                    op_destroy};
 
 int sanp_register_kernels(LiteRtOptions options) {
-  return LiteRtAddCustomOpKernelOption(options, SANP_OP_NAME, 1, &kGatedConv2D, NULL);
+  LiteRtStatus s = LiteRtAddCustomOpKernelOption(options, SANP_OP_NAME, 1, &kGatedConv2D,
+                                                 &kOneOutput);
+  if (s != kLiteRtStatusOk) return s;
+  return LiteRtAddCustomOpKernelOption(options, SANP_SE_OP_NAME, 1, &kGatedConv2D,
+                                       &kTwoOutputs);
 }
 
 /* ---------------------------------------------------------------- runner -- */

@@ -123,7 +123,8 @@ def write_forms(kind, folded, always_on, shape, folder, prefix):
     for form, (build, entry) in _forms(kind, folded, always_on).items():
         flatbuffer = one_layer_flatbuffer(build, shape)
         if form == "kernel":
-            flatbuffer = patching.gated_convs_to_custom_ops(flatbuffer, expected=1)
+            flatbuffer = patching.gated_convs_to_custom_ops(
+                flatbuffer, expected=1, se_gates=patching.se_gates_of([folded]))
         path = os.path.join(folder, f"{prefix}_{form}.tflite")
         with open(path, "wb") as f:
             f.write(flatbuffer)

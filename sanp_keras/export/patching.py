@@ -9,6 +9,13 @@ with `scale` (1, 1, 1, C_out) the gate's output. Each such pair is replaced by o
 kernel of `tflite/` computes over the open channels only. `params` is an int32
 constant of shape (H_out, W_out, 8): its shape tells the kernel the output size at
 prepare time, its first values [stride_h, stride_w, pad_top, pad_left, activation].
+
+A layer whose SE gate (mode "sanp") is given in `se_gates` becomes a
+`SanpSEGatedConv2D` instead, with inputs (x, gate, filter, bias, params) and outputs
+(y, decisions): the kernel computes the gate from x itself (`gate` holds its weights,
+`se_gate_tensor`), every use of the graph's decisions is rewired to the op's, and the
+gate's builtin ops, now unused, are removed: about ten tiny ops less per layer, each of
+which costs the runtime more than its arithmetic.
 """
 
 import flatbuffers
@@ -16,6 +23,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 CUSTOM_CODE = "SanpGatedConv2D"
+SE_CUSTOM_CODE = "SanpSEGatedConv2D"
 PARAM_COUNT = 8
 ALIGNMENT = 64
 _ACTIVATIONS = {
@@ -34,6 +42,13 @@ def _is_constant(model, tensor):
     buffer = model.buffers[tensor.buffer] if tensor.buffer else None
     return buffer is not None and (buffer.data is not None and len(buffer.data) > 0
                                    or bool(buffer.size))
+
+
+def _constant_bytes(model, tensor):
+    buffer = model.buffers[tensor.buffer] if tensor.buffer else None
+    if buffer is None or buffer.data is None:
+        return None
+    return np.asarray(buffer.data, np.uint8).tobytes()
 
 
 def _same_padding(size, kernel, stride):
@@ -55,27 +70,130 @@ def _add_constant(model, subgraph, array, name):
     return len(subgraph.tensors) - 1
 
 
-def _custom_opcode(model):
+def _custom_opcode(model, name=CUSTOM_CODE):
     for index, code in enumerate(model.operatorCodes):
-        if code.customCode in (CUSTOM_CODE, CUSTOM_CODE.encode()):
+        if code.customCode in (name, name.encode()):
             return index
     code = schema.OperatorCodeT()
     code.builtinCode = schema.BuiltinOperator.CUSTOM
     code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
-    code.customCode = CUSTOM_CODE
+    code.customCode = name
     code.version = 1
     model.operatorCodes.append(code)
     return len(model.operatorCodes) - 1
 
 
-def gated_convs_to_custom_ops(flatbuffer, expected=None):
+def se_gate_tensor(gate):
+    """The `gate` input of SanpSEGatedConv2D for a FoldedGate of mode "sanp":
+    (hidden + 1, C_in + 1 + C_out) float32, row j < hidden [W1[:, j], b1[j], W2[j, :]],
+    the last row [0, ..., 0, b2] (tflite/sanp_gated_conv.h)."""
+    w1, b1 = gate.squeeze_kernel, gate.squeeze_bias  # (C_in, hidden), (hidden,)
+    w2, b2 = gate.excite_kernel, gate.excite_bias  # (hidden, C_out), (C_out,)
+    c_in, hidden = w1.shape
+    table = np.zeros((hidden + 1, c_in + 1 + w2.shape[1]), np.float32)
+    table[:hidden, :c_in] = w1.T
+    table[:hidden, c_in] = b1
+    table[:hidden, c_in + 1:] = w2
+    table[hidden, c_in + 1:] = b2
+    return table
+
+
+def filter_key(kernel):
+    """How `gated_convs_to_custom_ops` finds a layer's CONV_2D: the bytes of its folded
+    (kh, kw, C_in, C_out) kernel in TFLite's (C_out, kh, kw, C_in) layout."""
+    return np.ascontiguousarray(np.transpose(kernel, (3, 0, 1, 2)), np.float32).tobytes()
+
+
+def se_gates_of(folded_convs):
+    """The `se_gates` of `gated_convs_to_custom_ops` for FoldedConvs: every "sanp"
+    layer whose kernel no other of them shares (two layers, one filter: both keep
+    their gate in builtin ops, exact either way)."""
+    gates, seen = {}, set()
+    for folded in folded_convs:
+        if folded.gate.mode != "sanp":
+            continue
+        key = filter_key(folded.kernel)
+        if key in seen:
+            gates.pop(key, None)
+        else:
+            gates[key] = folded.gate
+        seen.add(key)
+    return gates
+
+
+_SHAPE_OPS = (schema.BuiltinOperator.RESHAPE, schema.BuiltinOperator.STRIDED_SLICE,
+              schema.BuiltinOperator.EXPAND_DIMS)
+
+
+def _gate_decisions(model, ops, producer, scale):
+    """The decisions tensor d of the gate whose scale (d * sigmoid(g), reshaped) is
+    `scale`, or None where the graph does not have that form."""
+    index = producer.get(scale)
+    while index is not None and _builtin(model, ops[index]) in _SHAPE_OPS:
+        index = producer.get(int(ops[index].inputs[0]))
+    if index is None or _builtin(model, ops[index]) != schema.BuiltinOperator.MUL:
+        return None
+    a, b = (int(t) for t in ops[index].inputs)
+    for d, sig in ((a, b), (b, a)):
+        made_by = producer.get(sig)
+        if made_by is not None and _builtin(model, ops[made_by]) == schema.BuiltinOperator.LOGISTIC:
+            return d
+    return None
+
+
+def _drop_unused_ops(subgraph):
+    """Removes the operators none of whose outputs is read (by an operator or as a
+    graph output), until none is left."""
+    ops = list(subgraph.operators)
+    while True:
+        read = {int(t) for t in subgraph.outputs}
+        read.update(int(t) for op in ops for t in op.inputs if t >= 0)
+        alive = [op for op in ops if any(int(t) in read for t in op.outputs)]
+        if len(alive) == len(ops):
+            break
+        ops = alive
+    subgraph.operators = ops
+
+
+def _rewire(model, subgraph, old_to_new):
+    """Every reader of a tensor in `old_to_new` (operators, graph and signature
+    outputs) reads its replacement instead."""
+    def swap(indices):
+        return np.asarray([old_to_new.get(int(t), int(t)) for t in indices], np.int32)
+
+    for op in subgraph.operators:
+        op.inputs = swap(op.inputs)
+    subgraph.outputs = swap(subgraph.outputs)
+    for signature in model.signatureDefs or []:
+        for tensor_map in signature.outputs or []:
+            tensor_map.tensorIndex = old_to_new.get(tensor_map.tensorIndex,
+                                                    tensor_map.tensorIndex)
+
+
+def _check_order(model, subgraph):
+    """Every operator input is a graph input, a constant or made by an earlier operator."""
+    made = {int(t) for t in subgraph.inputs}
+    for op in subgraph.operators:
+        for t in op.inputs:
+            t = int(t)
+            if t >= 0 and t not in made and not _is_constant(model, subgraph.tensors[t]):
+                raise RuntimeError(f"Tensor {subgraph.tensors[t].name!r} is read before it "
+                                   "is made: the custom-op rewiring broke the graph's order.")
+        made.update(int(t) for t in op.outputs)
+
+
+def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
     """Returns `flatbuffer` with every CONV_2D -> MUL(scale) pair fused into a custom op.
 
     Args:
         flatbuffer: a batch-1 masked TFLite model (bytes).
         expected: the number of gated convolutions; a different count of matched
             pairs raises, rather than leaving some convolutions dense unnoticed.
+        se_gates: dict from `filter_key(folded kernel)` to the FoldedGate (mode
+            "sanp") of that convolution: those pairs become SanpSEGatedConv2D ops
+            computing their gate in the kernel. The others keep the gate in builtin ops.
     """
+    se_gates = se_gates or {}
     model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
     subgraph = model.subgraphs[0]
     ops = subgraph.operators
@@ -86,7 +204,7 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None):
         for t in op.inputs:
             consumers.setdefault(int(t), []).append(index)
     graph_outputs = {int(t) for t in subgraph.outputs}
-    replaced, removed = {}, set()
+    replaced, removed, rewired = {}, set(), {}
     for m, mul in enumerate(ops):
         if _builtin(model, mul) != schema.BuiltinOperator.MUL:
             continue
@@ -127,6 +245,24 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None):
                 [conv.inputs[0], int(scale), conv.inputs[1], bias,
                  _add_constant(model, subgraph, params, f"sanp_params_{m}")], np.int32)
             custom.outputs = np.asarray(mul.outputs, np.int32)
+            gate = se_gates.get(_constant_bytes(model, filter_t))
+            decisions = _gate_decisions(model, ops, producer, int(scale))
+            if gate is not None and decisions is not None:
+                table = se_gate_tensor(gate)
+                c_in = int(x_t.shape[3])
+                if table.shape[1] != c_in + 1 + c_out:
+                    raise ValueError(f"The gate of the CONV_2D at operator {c} has "
+                                     f"{table.shape[1]} columns; expected {c_in + 1 + c_out}.")
+                custom.opcodeIndex = _custom_opcode(model, SE_CUSTOM_CODE)
+                custom.inputs[1] = _add_constant(model, subgraph, table, f"sanp_gate_{m}")
+                new = schema.TensorT()
+                new.shape = np.asarray([1, c_out], np.int32)
+                new.type = schema.TensorType.FLOAT32
+                new.buffer = 0
+                new.name = f"sanp_decisions_{m}"
+                subgraph.tensors.append(new)
+                rewired[decisions] = len(subgraph.tensors) - 1
+                custom.outputs = np.asarray([*mul.outputs, rewired[decisions]], np.int32)
             custom.builtinOptionsType = schema.BuiltinOptions.NONE
             custom.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
             replaced[m] = custom
@@ -138,8 +274,14 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None):
             f"expected {expected} gated convolutions: the converter changed the pattern."
         )
     subgraph.operators = [replaced.get(i, op) for i, op in enumerate(ops) if i not in removed]
+    if rewired:
+        _rewire(model, subgraph, rewired)
+        _drop_unused_ops(subgraph)
+        _check_order(model, subgraph)
     constants = sorted({int(subgraph.tensors[t].buffer) for op in replaced.values()
-                        for t in op.inputs[2:]})
+                        for t in op.inputs[2:]}
+                       | {int(subgraph.tensors[op.inputs[1]].buffer) for op in replaced.values()
+                          if len(op.outputs) == 2})
     return _pack_with_aligned_buffers(model, constants)
 
 

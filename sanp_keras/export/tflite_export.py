@@ -4,6 +4,7 @@ import os
 
 from sanp_keras import flops
 from sanp_keras.export import builders
+from sanp_keras.export import folding
 from sanp_keras.export import layer_choice as choice
 from sanp_keras.export import patching
 
@@ -66,7 +67,9 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
         gated = [layer for layer in flops.gated_layers(model)
                  if layer.mode in choice.DYNAMIC_MODES
                  and not (plan or {}).get(layer.name)]
-        flatbuffer = patching.gated_convs_to_custom_ops(flatbuffer, expected=len(gated))
+        se_gates = patching.se_gates_of(folding.fold_conv(layer) for layer in gated)
+        flatbuffer = patching.gated_convs_to_custom_ops(flatbuffer, expected=len(gated),
+                                                        se_gates=se_gates)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:

@@ -72,18 +72,48 @@ def test_export_matches_keras(kind, build, tmp_path, kernels_built):
     assert 0.1 < opened.mean() < 0.9  # the gates really prune, and not everything
 
 
-def test_kernels_model_holds_custom_ops_and_needs_no_builtin_conv(tmp_path):
+def _op_names(path):
     from ai_edge_litert import schema_py_generated as schema
 
-    model = _direct_model()
-    path = export.export_tflite(model, str(tmp_path / "k.tflite"), "kernels")
     with open(path, "rb") as f:
         fb = schema.ModelT.InitFromPackedBuf(bytearray(f.read()), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     codes = [fb.operatorCodes[op.opcodeIndex] for op in fb.subgraphs[0].operators]
-    custom = [c for c in codes if c.customCode in (b"SanpGatedConv2D", "SanpGatedConv2D")]
-    convs = [c for c in codes if max(c.builtinCode, c.deprecatedBuiltinCode) == 3]
-    assert len(custom) == 4  # the sanp, fixed_k and fbs layers
-    assert len(convs) == 2  # static (thinned at export) and dense stay builtin CONV_2D
+    return [c.customCode.decode() if isinstance(c.customCode, bytes) else c.customCode
+            or names[max(c.builtinCode, c.deprecatedBuiltinCode)] for c in codes]
+
+
+def test_kernels_model_holds_custom_ops_and_needs_no_builtin_conv(tmp_path):
+    model = _direct_model()
+    ops = _op_names(export.export_tflite(model, str(tmp_path / "k.tflite"), "kernels"))
+    assert ops.count("SanpSEGatedConv2D") == 2  # the sanp layers, their gate in the kernel
+    assert ops.count("SanpGatedConv2D") == 2  # fixed_k and fbs: gate in builtin ops
+    assert ops.count("CONV_2D") == 2  # static (thinned at export) and dense stay builtin
+    assert ops.count("TOPK_V2") == 2 and "LOGISTIC" in ops  # the fixed_k / fbs gates
+
+
+def test_se_gates_leave_the_graph_for_the_kernel(tmp_path, kernels_built):
+    """A model of sanp layers keeps no gate op: only the custom ops compute gates, and
+    their decisions outputs (rewired from the removed gate ops) still match Keras."""
+    inputs = keras.Input((8, 8, 3))
+    x = sk.SPMConv2D(8, 3, padding="same", activation="relu", name="a")(inputs)
+    y = sk.SPMConv2D(8, 3, padding="same", name="b")(x)
+    x = keras.layers.ReLU()(keras.layers.Add()([x, y]))
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    model = oracle.randomize_model(keras.Model(inputs, outputs), seed=3)
+    for decisions in (False, True):
+        path = export.export_tflite(model, str(tmp_path / f"k{decisions}.tflite"), "kernels",
+                                    decisions=decisions)
+        ops = _op_names(path)
+        assert ops.count("SanpSEGatedConv2D") == 2
+        assert not {"LOGISTIC", "ARG_MAX", "ONE_HOT", "GREATER"} & set(ops)
+        assert ops.count("MEAN") == ops.count("FULLY_CONNECTED") == 1  # the head only
+    x = _images(model)
+    got = _run("kernels", path, x, kernels_built)
+    want = flops.decision_function(model)(x)
+    for i, name in enumerate(("a", "b")):
+        np.testing.assert_array_equal(got[f"decisions_{i:03d}"], np.asarray(want[name]))
+    np.testing.assert_allclose(got["output"], model.predict(x, verbose=0), rtol=1e-4, atol=1e-4)
 
 
 def test_kernel_time_counts_one_call_per_custom_op_and_runs(tmp_path, kernels_built):
@@ -91,7 +121,7 @@ def test_kernel_time_counts_one_call_per_custom_op_and_runs(tmp_path, kernels_bu
     path = export.export_tflite(model, str(tmp_path / "k.tflite"), "kernels")
     runner = export.KernelRunner(path, library=kernels_built)
     inside, calls = runner.kernel_time(_images(model, 1), runs=5)
-    assert calls == 4  # the four SanpGatedConv2D ops, once per run
+    assert calls == 4  # the four custom ops, once per run
     assert inside > 0
 
 
@@ -154,8 +184,6 @@ def test_kernel_fuzz_under_address_sanitizer():
 
 
 def test_kernels_export_keeps_little_pruned_layers_builtin(tmp_path):
-    from ai_edge_litert import schema_py_generated as schema
-
     model = _direct_model()
     x = _images(model)
     # "s2" prunes nothing (every gate wide open), "valid" keeps 2 channels of 10.
@@ -164,11 +192,8 @@ def test_kernels_export_keeps_little_pruned_layers_builtin(tmp_path):
     plan = export.builtin_layers(model, x)
     assert plan["s2"] and not plan["valid"]
     path = export.export_tflite(model, str(tmp_path / "k.tflite"), "kernels", calibration_data=x)
-    with open(path, "rb") as f:
-        fb = schema.ModelT.InitFromPackedBuf(bytearray(f.read()), 0)
-    codes = [fb.operatorCodes[op.opcodeIndex] for op in fb.subgraphs[0].operators]
-    custom = [c for c in codes if c.customCode in (b"SanpGatedConv2D", "SanpGatedConv2D")]
+    ops = _op_names(path)
     gated = [n for n in ("s2", "valid", "k", "fbs") if not plan[n]]
-    assert len(custom) == len(gated)
+    assert ops.count("SanpGatedConv2D") + ops.count("SanpSEGatedConv2D") == len(gated)
     np.testing.assert_allclose(export.KernelRunner(path)(x[:1]),
                                model.predict(x[:1], verbose=0), rtol=1e-4, atol=1e-4)

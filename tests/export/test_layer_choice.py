@@ -9,18 +9,15 @@ from sanp_keras import flops
 from sanp_keras.export import layer_choice
 from tests.export.test_export import _direct_model
 from tests.export.test_export import _images
+from tests.export.test_export import _op_names
 from tests.export.test_export import _run
 
 DYNAMIC = ("s2", "valid", "k", "fbs")  # the layers of _direct_model whose gates vary
 
 
 def _custom_ops(path):
-    from ai_edge_litert import schema_py_generated as schema
-
-    with open(path, "rb") as f:
-        fb = schema.ModelT.InitFromPackedBuf(bytearray(f.read()), 0)
-    codes = [fb.operatorCodes[op.opcodeIndex] for op in fb.subgraphs[0].operators]
-    return sum(c.customCode in (b"SanpGatedConv2D", "SanpGatedConv2D") for c in codes)
+    ops = _op_names(path)
+    return ops.count("SanpGatedConv2D") + ops.count("SanpSEGatedConv2D")
 
 
 def test_layer_inputs_are_what_keras_feeds_each_layer():
