@@ -8,7 +8,7 @@
  * buffers, bad params) that must be refused with an error status. The SE-gated entry
  * gets random gate weights on the same tensors: its decisions are checked against the
  * gate computed here in double precision, its output against the direct convolution
- * with those decisions. Buffers are allocated at their exact size, so any read past
+ * with those decisions, and the gate alone (sanp_se_gate) must give the same decisions. Buffers are allocated at their exact size, so any read past
  * them is an ASan finding.
  *
  *   fuzz_gated_conv [iterations] [seed]   exit status 0: all passed
@@ -129,7 +129,28 @@ static void se_case(int iteration, const SanpTensor* x, const SanpTensor* filter
                  got, want);
         }
   }
+  /* The gate alone (SanpSEGate): the same decisions, and scale = d * sigmoid(g). */
+  const int sd[3] = {1, 1, c_out};
+  SanpTensor scale = tensor(SANP_FLOAT32, 3, sd), alone = tensor(SANP_FLOAT32, 2, dd);
+  st = sanp_se_gate(x, &gate, &scale, &alone);
+  EXPECT(st == SANP_OK, "gate case %d returned %s", iteration, sanp_status_message(st));
+  for (int c = 0; st == SANP_OK && c < c_out; ++c) {
+    const float d = ((const float*)decisions.data)[c], got = ((const float*)scale.data)[c];
+    const float want = d != 0.0f ? (float)(1.0 / (1.0 + exp(-g[c]))) : 0.0f;
+    EXPECT(((const float*)alone.data)[c] == d, "gate case %d channel %d: decisions differ",
+           iteration, c);
+    EXPECT(fabsf(got - want) <= 1e-5f, "gate case %d channel %d: scale %g want %g", iteration,
+           c, got, want);
+  }
   SanpTensor bad;
+  bad = scale; bad.dims[2] += 1;
+  EXPECT(sanp_se_gate(x, &gate, &bad, &alone) != SANP_OK, "gate scale shape");
+  bad = gate; bad.dims[1] = c_in + 1;  /* no output channel */
+  bad.bytes = gate.bytes;
+  EXPECT(sanp_se_gate(x, &bad, &scale, &alone) != SANP_OK, "gate without outputs");
+  bad = scale; bad.bytes -= 4;
+  EXPECT(sanp_se_gate(x, &gate, &bad, &alone) == SANP_ERROR_SIZE, "short scale");
+  free(scale.data); free(alone.data);
   bad = gate; bad.dims[1] += 1;
   EXPECT(sanp_se_gated_conv2d(x, &bad, filter, bias, params, out, &decisions) != SANP_OK,
          "gate columns");

@@ -670,14 +670,16 @@ static SanpStatus se_gate(const Geometry* g, const float* xs, const float* gate,
     for (r = 0; r < c_in; ++r) acc += s[r] * w[r];
     h[j] = acc > 0.0f ? acc : 0.0f;
   }
-  int best = 0;
-  const float* b2 = gate + (size_t)hidden * row + c_in + 1;
-  for (int c = 0; c < c_out; ++c) {  /* g = h W2 + b2, kept in scale for now */
-    float acc = b2[c];
-    for (int j = 0; j < hidden; ++j) acc += h[j] * gate[(size_t)j * row + c_in + 1 + c];
-    scale[c] = acc;
-    if (acc > scale[best]) best = c;  /* the first highest score, as argmax */
+  /* g = h W2 + b2, kept in scale for now: rows of W2 added in turn (contiguous) */
+  memcpy(scale, gate + (size_t)hidden * row + c_in + 1, sizeof(float) * (size_t)c_out);
+  for (int j = 0; j < hidden; ++j) {
+    const float* w = gate + (size_t)j * row + c_in + 1;
+    const float hj = h[j];
+    for (int c = 0; c < c_out; ++c) scale[c] += hj * w[c];
   }
+  int best = 0;
+  for (int c = 1; c < c_out; ++c)
+    if (scale[c] > scale[best]) best = c;  /* the first highest score, as argmax */
   for (int c = 0; c < c_out; ++c) {
     const float score = scale[c];
     decisions[c] = score > 0.0f || c == best ? 1.0f : 0.0f;
@@ -708,6 +710,25 @@ SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
                    (const float*)bias->data, (float*)out->data);
   free(scale);
   return s;
+}
+
+SanpStatus sanp_se_gate(const SanpTensor* x, const SanpTensor* gate, SanpTensor* scale,
+                        SanpTensor* decisions) {
+  SanpStatus s;
+  if ((s = check(x, SANP_FLOAT32, 4)) != SANP_OK) return s;
+  if ((s = check(gate, SANP_FLOAT32, 2)) != SANP_OK) return s;
+  if ((s = check(scale, SANP_FLOAT32, 3)) != SANP_OK) return s;
+  if ((s = check(decisions, SANP_FLOAT32, 2)) != SANP_OK) return s;
+  Geometry g;
+  memset(&g, 0, sizeof(g));
+  g.h = x->dims[1]; g.w = x->dims[2]; g.c_in = x->dims[3];
+  g.c_out = gate->dims[1] - g.c_in - 1;
+  if (x->dims[0] != 1 || gate->dims[0] < 2 || g.c_out < 1 || scale->dims[0] != 1 ||
+      scale->dims[1] != 1 || scale->dims[2] != g.c_out || decisions->dims[0] != 1 ||
+      decisions->dims[1] != g.c_out)
+    return SANP_ERROR_SHAPE;
+  return se_gate(&g, (const float*)x->data, (const float*)gate->data, gate->dims[0] - 1,
+                 (float*)scale->data, (float*)decisions->data);
 }
 
 SanpStatus sanp_se_gated_conv2d_output_shapes(const SanpTensor* x, const SanpTensor* filter,

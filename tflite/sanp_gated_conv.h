@@ -63,6 +63,12 @@ SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
                                 const SanpTensor* params, SanpTensor* out,
                                 SanpTensor* decisions);
 
+/* The gate alone (SanpSEGate), for a layer kept a builtin convolution times its gate:
+ * x (1, H, W, C_in) and gate as above (C_out from its width) give scale (1, 1, C_out)
+ * and decisions (1, C_out). */
+SanpStatus sanp_se_gate(const SanpTensor* x, const SanpTensor* gate, SanpTensor* scale,
+                        SanpTensor* decisions);
+
 /* Output shapes of sanp_se_gated_conv2d: out (rank 4) and decisions (1, C_out). */
 SanpStatus sanp_se_gated_conv2d_output_shapes(const SanpTensor* x, const SanpTensor* filter,
                                               const SanpTensor* params, int32_t out_dims[4],

@@ -3,6 +3,8 @@
  * SanpGatedConv2D: inputs (x, scale, filter, bias, params), one output.
  * SanpSEGatedConv2D: inputs (x, gate, filter, bias, params), outputs (y, decisions): the
  * same convolution with the layer's SE gate computed in the kernel from x.
+ * SanpSEGate: inputs (x, gate), outputs (scale, decisions): the gate alone, for a layer
+ * kept a builtin convolution.
  * See sanp_gated_conv.h. Register both on LiteRtOptions with sanp_register_kernels()
  * before compiling a model exported with kind="kernels". The runner wraps the CompiledModel API for ctypes
  * (sanp_keras.export.KernelRunner) and for the latency benchmark.
@@ -17,6 +19,7 @@
 
 #define SANP_OP_NAME "SanpGatedConv2D"
 #define SANP_SE_OP_NAME "SanpSEGatedConv2D"
+#define SANP_GATE_OP_NAME "SanpSEGate"
 
 /* LiteRT 2.3.0 ignores the status a custom kernel returns, so the last one is also
  * kept here: the runner turns it into an error of the run. */
@@ -51,26 +54,38 @@ static LiteRtStatus op_init(void* user_data, const void* data, size_t size) {
   return kLiteRtStatusOk;
 }
 
-/* user_data of each op: how many outputs it has (1: SanpGatedConv2D, 2: SanpSEGatedConv2D). */
-static int kOneOutput = 1, kTwoOutputs = 2;
+/* user_data of each op: which one it is. */
+typedef enum { OP_GATED_CONV, OP_SE_GATED_CONV, OP_SE_GATE } OpKind;
+static const OpKind kKinds[3] = {OP_GATED_CONV, OP_SE_GATED_CONV, OP_SE_GATE};
+static const size_t kInputs[3] = {5, 5, 2}, kOutputs[3] = {1, 2, 2};
 
 static LiteRtStatus op_output_layouts(void* user_data, size_t num_inputs,
                                       const LiteRtLayout* inputs, size_t num_outputs,
                                       LiteRtLayout* outputs) {
-  const int expected_outputs = *(const int*)user_data;
-  if (num_inputs != 5 || num_outputs != (size_t)expected_outputs)
+  const OpKind kind = *(const OpKind*)user_data;
+  if (num_inputs != kInputs[kind] || num_outputs != kOutputs[kind])
     return kLiteRtStatusErrorInvalidArgument;
-  SanpTensor x, filter, params;
-  layout_tensor(&inputs[0], SANP_FLOAT32, &x);
-  layout_tensor(&inputs[2], SANP_FLOAT32, &filter);
-  layout_tensor(&inputs[4], SANP_INT32, &params);
   int32_t dims[4];
-  SanpStatus s = sanp_gated_conv2d_output_shape(&x, &filter, &params, dims);
-  last_status = s;
-  if (s != SANP_OK) return to_litert(s);
-  outputs[0].rank = 4;
-  outputs[0].has_strides = 0;
-  for (int i = 0; i < 4; ++i) outputs[0].dimensions[i] = dims[i];
+  if (kind == OP_SE_GATE) {  /* C_out: the gate's width less C_in + 1 */
+    if (inputs[0].rank != 4 || inputs[1].rank != 2) return kLiteRtStatusErrorInvalidArgument;
+    dims[3] = inputs[1].dimensions[1] - inputs[0].dimensions[3] - 1;
+    if (dims[3] < 1) return kLiteRtStatusErrorInvalidArgument;
+    outputs[0].rank = 3;
+    outputs[0].has_strides = 0;
+    outputs[0].dimensions[0] = outputs[0].dimensions[1] = 1;
+    outputs[0].dimensions[2] = dims[3];
+  } else {
+    SanpTensor x, filter, params;
+    layout_tensor(&inputs[0], SANP_FLOAT32, &x);
+    layout_tensor(&inputs[2], SANP_FLOAT32, &filter);
+    layout_tensor(&inputs[4], SANP_INT32, &params);
+    SanpStatus s = sanp_gated_conv2d_output_shape(&x, &filter, &params, dims);
+    last_status = s;
+    if (s != SANP_OK) return to_litert(s);
+    outputs[0].rank = 4;
+    outputs[0].has_strides = 0;
+    for (int i = 0; i < 4; ++i) outputs[0].dimensions[i] = dims[i];
+  }
   if (num_outputs == 2) {  /* decisions (1, C_out) */
     outputs[1].rank = 2;
     outputs[1].has_strides = 0;
@@ -98,25 +113,33 @@ static LiteRtStatus lock_tensor(LiteRtTensorBuffer buffer, int mode, SanpTensor*
 static LiteRtStatus op_run(void* user_data, size_t num_inputs,
                            const LiteRtTensorBuffer* inputs, size_t num_outputs,
                            LiteRtTensorBuffer* outputs) {
-  const size_t n_out = (size_t)*(const int*)user_data;
-  if (num_inputs != 5 || num_outputs != n_out) {
+  const OpKind kind = *(const OpKind*)user_data;
+  const size_t n_in = kInputs[kind], n = n_in + kOutputs[kind];
+  if (num_inputs != n_in || num_outputs != kOutputs[kind]) {
     last_status = SANP_ERROR_RANK;
     return kLiteRtStatusErrorInvalidArgument;
   }
-  const size_t n = 5 + n_out;
   SanpTensor t[7];
   size_t locked = 0;
   LiteRtStatus status = kLiteRtStatusOk;
   for (; locked < n && status == kLiteRtStatusOk; ++locked) {
-    LiteRtTensorBuffer b = locked < 5 ? inputs[locked] : outputs[locked - 5];
-    status = lock_tensor(b, locked < 5 ? kLiteRtTensorBufferLockModeRead
-                                       : kLiteRtTensorBufferLockModeWrite, &t[locked]);
+    LiteRtTensorBuffer b = locked < n_in ? inputs[locked] : outputs[locked - n_in];
+    status = lock_tensor(b, locked < n_in ? kLiteRtTensorBufferLockModeRead
+                                          : kLiteRtTensorBufferLockModeWrite, &t[locked]);
   }
   if (status == kLiteRtStatusOk) {
     const double start = now_ms();
-    last_status = n_out == 1
-        ? sanp_gated_conv2d(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5])
-        : sanp_se_gated_conv2d(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6]);
+    switch (kind) {
+      case OP_GATED_CONV:
+        last_status = sanp_gated_conv2d(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5]);
+        break;
+      case OP_SE_GATED_CONV:
+        last_status = sanp_se_gated_conv2d(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6]);
+        break;
+      case OP_SE_GATE:
+        last_status = sanp_se_gate(&t[0], &t[1], &t[2], &t[3]);
+        break;
+    }
     kernel_ms += now_ms() - start;
     kernel_calls += 1;
     status = to_litert(last_status);
@@ -124,7 +147,8 @@ static LiteRtStatus op_run(void* user_data, size_t num_inputs,
     last_status = SANP_ERROR_SIZE;
     locked -= 1;  /* the failed lock holds nothing */
   }
-  for (size_t i = 0; i < locked; ++i) LiteRtUnlockTensorBuffer(i < 5 ? inputs[i] : outputs[i - 5]);
+  for (size_t i = 0; i < locked; ++i)
+    LiteRtUnlockTensorBuffer(i < n_in ? inputs[i] : outputs[i - n_in]);
   return status;
 }
 
@@ -133,15 +157,17 @@ static LiteRtStatus op_destroy(void* user_data) {
   return kLiteRtStatusOk;
 }
 
-static const LiteRtCustomOpKernel kGatedConv2D = {op_init, op_output_layouts, op_run,
+static const LiteRtCustomOpKernel kCallbacks = {op_init, op_output_layouts, op_run,
                                                    op_destroy};
 
 int sanp_register_kernels(LiteRtOptions options) {
-  LiteRtStatus s = LiteRtAddCustomOpKernelOption(options, SANP_OP_NAME, 1, &kGatedConv2D,
-                                                 &kOneOutput);
-  if (s != kLiteRtStatusOk) return s;
-  return LiteRtAddCustomOpKernelOption(options, SANP_SE_OP_NAME, 1, &kGatedConv2D,
-                                       &kTwoOutputs);
+  const char* names[3] = {SANP_OP_NAME, SANP_SE_OP_NAME, SANP_GATE_OP_NAME};
+  for (int i = 0; i < 3; ++i) {
+    LiteRtStatus s = LiteRtAddCustomOpKernelOption(options, names[i], 1, &kCallbacks,
+                                                   (void*)&kKinds[i]);
+    if (s != kLiteRtStatusOk) return s;
+  }
+  return kLiteRtStatusOk;
 }
 
 /* ---------------------------------------------------------------- runner -- */

@@ -15,7 +15,10 @@ A layer whose SE gate (mode "sanp") is given in `se_gates` becomes a
 (y, decisions): the kernel computes the gate from x itself (`gate` holds its weights,
 `se_gate_tensor`), every use of the graph's decisions is rewired to the op's, and the
 gate's builtin ops, now unused, are removed: about ten tiny ops less per layer, each of
-which costs the runtime more than its arithmetic.
+which costs the runtime more than its arithmetic. A layer kept a builtin convolution
+(`CONV_2D -> MUL(scale)` with scale (1, 1, C_out)) whose gate is in `se_gates` keeps
+its convolution, and its gate becomes one `SanpSEGate` op (x, gate) -> (scale,
+decisions), likewise rewired.
 """
 
 import flatbuffers
@@ -24,6 +27,7 @@ from ai_edge_litert import schema_py_generated as schema
 
 CUSTOM_CODE = "SanpGatedConv2D"
 SE_CUSTOM_CODE = "SanpSEGatedConv2D"
+GATE_CUSTOM_CODE = "SanpSEGate"
 PARAM_COUNT = 8
 ALIGNMENT = 64
 _ACTIVATIONS = {
@@ -141,6 +145,17 @@ def _gate_decisions(model, ops, producer, scale):
     return None
 
 
+def _add_tensor(subgraph, shape, name):
+    """A new float32 tensor that an operator makes; returns its index."""
+    tensor = schema.TensorT()
+    tensor.shape = np.asarray(shape, np.int32)
+    tensor.type = schema.TensorType.FLOAT32
+    tensor.buffer = 0
+    tensor.name = name
+    subgraph.tensors.append(tensor)
+    return len(subgraph.tensors) - 1
+
+
 def _drop_unused_ops(subgraph):
     """Removes the operators none of whose outputs is read (by an operator or as a
     graph output), until none is left."""
@@ -204,7 +219,7 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
         for t in op.inputs:
             consumers.setdefault(int(t), []).append(index)
     graph_outputs = {int(t) for t in subgraph.outputs}
-    replaced, removed, rewired = {}, set(), {}
+    replaced, removed, rewired, inserted = {}, set(), {}, {}
     for m, mul in enumerate(ops):
         if _builtin(model, mul) != schema.BuiltinOperator.MUL:
             continue
@@ -217,6 +232,22 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
             x_t, filter_t = subgraph.tensors[conv.inputs[0]], subgraph.tensors[conv.inputs[1]]
             scale_t = subgraph.tensors[int(scale)]
             c_out = int(filter_t.shape[0])
+            gate = se_gates.get(_constant_bytes(model, filter_t))
+            if gate is not None and list(scale_t.shape) == [1, 1, c_out]:  # builtin form
+                decisions = _gate_decisions(model, ops, producer, int(scale))
+                if decisions is not None:
+                    gate_op = schema.OperatorT()
+                    gate_op.opcodeIndex = _custom_opcode(model, GATE_CUSTOM_CODE)
+                    gate_op.inputs = np.asarray([conv.inputs[0], _add_constant(
+                        model, subgraph, se_gate_tensor(gate), f"sanp_gate_{m}")], np.int32)
+                    rewired[int(scale)] = _add_tensor(subgraph, [1, 1, c_out], f"sanp_scale_{m}")
+                    rewired[decisions] = _add_tensor(subgraph, [1, c_out], f"sanp_decisions_{m}")
+                    gate_op.outputs = np.asarray([rewired[int(scale)], rewired[decisions]],
+                                                 np.int32)
+                    gate_op.builtinOptionsType = schema.BuiltinOptions.NONE
+                    gate_op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
+                    inserted[c] = gate_op
+                break
             if (consumers.get(int(conv_out)) != [m] or int(conv_out) in graph_outputs
                     or options.fusedActivationFunction != schema.ActivationFunctionType.NONE
                     or options.dilationHFactor != 1 or options.dilationWFactor != 1
@@ -245,7 +276,6 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
                 [conv.inputs[0], int(scale), conv.inputs[1], bias,
                  _add_constant(model, subgraph, params, f"sanp_params_{m}")], np.int32)
             custom.outputs = np.asarray(mul.outputs, np.int32)
-            gate = se_gates.get(_constant_bytes(model, filter_t))
             decisions = _gate_decisions(model, ops, producer, int(scale))
             if gate is not None and decisions is not None:
                 table = se_gate_tensor(gate)
@@ -255,13 +285,7 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
                                      f"{table.shape[1]} columns; expected {c_in + 1 + c_out}.")
                 custom.opcodeIndex = _custom_opcode(model, SE_CUSTOM_CODE)
                 custom.inputs[1] = _add_constant(model, subgraph, table, f"sanp_gate_{m}")
-                new = schema.TensorT()
-                new.shape = np.asarray([1, c_out], np.int32)
-                new.type = schema.TensorType.FLOAT32
-                new.buffer = 0
-                new.name = f"sanp_decisions_{m}"
-                subgraph.tensors.append(new)
-                rewired[decisions] = len(subgraph.tensors) - 1
+                rewired[decisions] = _add_tensor(subgraph, [1, c_out], f"sanp_decisions_{m}")
                 custom.outputs = np.asarray([*mul.outputs, rewired[decisions]], np.int32)
             custom.builtinOptionsType = schema.BuiltinOptions.NONE
             custom.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
@@ -273,7 +297,13 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
             f"Found {len(replaced)} CONV_2D -> MUL(scale) pairs in the masked model, "
             f"expected {expected} gated convolutions: the converter changed the pattern."
         )
-    subgraph.operators = [replaced.get(i, op) for i, op in enumerate(ops) if i not in removed]
+    new_ops = []
+    for i, op in enumerate(ops):
+        if i in inserted:  # a gate op, just before its convolution
+            new_ops.append(inserted[i])
+        if i not in removed:
+            new_ops.append(replaced.get(i, op))
+    subgraph.operators = new_ops
     if rewired:
         _rewire(model, subgraph, rewired)
         _drop_unused_ops(subgraph)
@@ -281,7 +311,8 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
     constants = sorted({int(subgraph.tensors[t].buffer) for op in replaced.values()
                         for t in op.inputs[2:]}
                        | {int(subgraph.tensors[op.inputs[1]].buffer) for op in replaced.values()
-                          if len(op.outputs) == 2})
+                          if len(op.outputs) == 2}
+                       | {int(subgraph.tensors[op.inputs[1]].buffer) for op in inserted.values()})
     return _pack_with_aligned_buffers(model, constants)
 
 

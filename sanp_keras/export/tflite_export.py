@@ -64,10 +64,11 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
         model, kind, plan, decisions=decisions, batch_size=batch_size)
     flatbuffer = builders.convert(function, signature, [w.value for w in model.weights])
     if kind == "kernels":
-        gated = [layer for layer in flops.gated_layers(model)
-                 if layer.mode in choice.DYNAMIC_MODES
-                 and not (plan or {}).get(layer.name)]
-        se_gates = patching.se_gates_of(folding.fold_conv(layer) for layer in gated)
+        dynamic = [layer for layer in flops.gated_layers(model)
+                   if layer.mode in choice.DYNAMIC_MODES]
+        gated = [layer for layer in dynamic if not (plan or {}).get(layer.name)]
+        # SE gates go into the kernels, also those of layers kept builtin (SanpSEGate).
+        se_gates = patching.se_gates_of(folding.fold_conv(layer) for layer in dynamic)
         flatbuffer = patching.gated_convs_to_custom_ops(flatbuffer, expected=len(gated),
                                                         se_gates=se_gates)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -92,9 +92,11 @@ def test_kernels_model_holds_custom_ops_and_needs_no_builtin_conv(tmp_path):
     assert ops.count("TOPK_V2") == 2 and "LOGISTIC" in ops  # the fixed_k / fbs gates
 
 
-def test_se_gates_leave_the_graph_for_the_kernel(tmp_path, kernels_built):
-    """A model of sanp layers keeps no gate op: only the custom ops compute gates, and
-    their decisions outputs (rewired from the removed gate ops) still match Keras."""
+@pytest.mark.parametrize("plan", [None, {"a": True, "b": False}], ids=["custom", "a_builtin"])
+def test_se_gates_leave_the_graph_for_the_kernels(plan, tmp_path, kernels_built):
+    """A model of sanp layers keeps no gate op: custom ops compute every gate (a layer
+    kept a builtin CONV_2D gets a SanpSEGate op), and the decisions outputs, rewired
+    from the removed gate ops, still match Keras."""
     inputs = keras.Input((8, 8, 3))
     x = sk.SPMConv2D(8, 3, padding="same", activation="relu", name="a")(inputs)
     y = sk.SPMConv2D(8, 3, padding="same", name="b")(x)
@@ -103,9 +105,11 @@ def test_se_gates_leave_the_graph_for_the_kernel(tmp_path, kernels_built):
     model = oracle.randomize_model(keras.Model(inputs, outputs), seed=3)
     for decisions in (False, True):
         path = export.export_tflite(model, str(tmp_path / f"k{decisions}.tflite"), "kernels",
-                                    decisions=decisions)
+                                    decisions=decisions, layer_choice=plan or "threshold")
         ops = _op_names(path)
-        assert ops.count("SanpSEGatedConv2D") == 2
+        assert ops.count("SanpSEGatedConv2D") == (1 if plan else 2)
+        assert ops.count("SanpSEGate") == (1 if plan else 0)
+        assert ops.count("CONV_2D") == (1 if plan else 0)
         assert not {"LOGISTIC", "ARG_MAX", "ONE_HOT", "GREATER"} & set(ops)
         assert ops.count("MEAN") == ops.count("FULLY_CONNECTED") == 1  # the head only
     x = _images(model)
@@ -113,6 +117,7 @@ def test_se_gates_leave_the_graph_for_the_kernel(tmp_path, kernels_built):
     want = flops.decision_function(model)(x)
     for i, name in enumerate(("a", "b")):
         np.testing.assert_array_equal(got[f"decisions_{i:03d}"], np.asarray(want[name]))
+        assert 0 < np.asarray(want[name]).mean() < 1  # gates that really choose
     np.testing.assert_allclose(got["output"], model.predict(x, verbose=0), rtol=1e-4, atol=1e-4)
 
 
@@ -195,5 +200,6 @@ def test_kernels_export_keeps_little_pruned_layers_builtin(tmp_path):
     ops = _op_names(path)
     gated = [n for n in ("s2", "valid", "k", "fbs") if not plan[n]]
     assert ops.count("SanpGatedConv2D") + ops.count("SanpSEGatedConv2D") == len(gated)
+    assert ops.count("SanpSEGate") == 1  # the gate of "s2", a builtin CONV_2D
     np.testing.assert_allclose(export.KernelRunner(path)(x[:1]),
                                model.predict(x[:1], verbose=0), rtol=1e-4, atol=1e-4)
