@@ -7,7 +7,9 @@ exports and times, through the same LiteRT runtime (CompiledModel, XNNPACK on):
 - dense: the plain backbone (every gate stripped);
 - thinned: the same architecture made statically narrower to the gated model's mean
   open channel counts (`_thinned.py`), the practical ceiling;
-- masked, portable, kernels: the three `export_tflite` kinds.
+- masked, portable, kernels: the three `export_tflite` kinds;
+- kernels_builtin_gates: `kernels` with each gate left in builtin ops
+  (`gates_in_kernels=False`), which shows what computing them in the kernels saves.
 
 Reports the median of `--runs` runs after `--warmup`, at 1 and 2 threads, the realized
 speed-up t_dense / t and its ratio to the theoretical one (dense MACs / mean gated
@@ -75,7 +77,7 @@ KEEP = flags.DEFINE_bool(
     "and an interrupted run loses nothing.")
 FLAGS = flags.FLAGS
 ORDER = ("resnet20", "mcifarnet", "resnet18", "vgg19")
-KINDS = ("dense", "thinned", "masked", "portable", "kernels")
+KINDS = ("dense", "thinned", "masked", "portable", "kernels", "kernels_builtin_gates")
 
 
 def trained_model(backbone, budget):
@@ -130,6 +132,10 @@ def export_all(model, images, folder):
         with_decisions[kind] = export.export_tflite(
             model, f"{folder}/{kind}_decisions.tflite", kind, calibration_data=images,
             decisions=True, batch_size=1, layer_choice=choice)
+    paths["kernels_builtin_gates"] = export.export_tflite(
+        model, f"{folder}/kernels_builtin_gates.tflite", "kernels", calibration_data=images,
+        batch_size=1, layer_choice=plans.get("kernels", LAYER_CHOICE.value),
+        gates_in_kernels=False)
     return paths, with_decisions, plans
 
 
@@ -222,21 +228,26 @@ def markdown(rows):
               "are a dense CONV_2D times their gates, the form timed faster, or under "
               "'threshold' the one keeping > 55 % of its MACs), and where the time of "
               "`kernels` goes (1 thread): inside the sanp kernels, per run, and the rest "
-              "(builtin ops: convolutions kept builtin, gates, additions; and the runtime):", "",
+              "(builtin ops: convolutions kept builtin, additions; and the runtime); the same "
+              "model with its gates in builtin ops rather than in the custom ops, timed side by "
+              "side (rows measured before it existed: -):", "",
               "| backbone | budget | layer choice | portable: layers gathered | kernels: custom "
-              "ops | kernels ms | inside sanp kernels | rest |"
+              "ops | kernels ms | inside sanp kernels | rest | with builtin gates |"
               + (" measured by |" if several else ""),
-              "|---|---|---|---|---|---|---|---|" + ("---|" if several else "")]
+              "|---|---|---|---|---|---|---|---|---|" + ("---|" if several else "")]
     for r in rows:
         if "kernels_inside_ms" not in r or 1 not in r["latency_ms"]:
             continue
         total = r["latency_ms"][1]["kernels"]
         gated = r.get("layers_gated")
         portable = f"{gated['portable']} of {gated['of']}" if gated else "-"
+        builtin_gates = r["latency_ms"][1].get("kernels_builtin_gates")
+        builtin_gates = (f"{builtin_gates:.2f} ms ({builtin_gates / total:.2f}x)"
+                         if builtin_gates else "-")
         lines.append(f"| {r['backbone']} | {r['budget']} | {r.get('layer_choice', 'threshold')} "
                      f"| {portable} "
                      f"| {r['kernel_calls']:.0f} | {total:.2f} | {r['kernels_inside_ms']:.2f} "
-                     f"| {total - r['kernels_inside_ms']:.2f} |"
+                     f"| {total - r['kernels_inside_ms']:.2f} | {builtin_gates} |"
                      + (f" command {commands.index(r['command']) + 1} |" if several else ""))
     lines += ["", "Models (quick runs of `examples/train_cifar.py`, SANP; trained by the command "
               "shown, top-1 error on the sample's 1,000 test images):", ""]

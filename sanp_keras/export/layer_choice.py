@@ -117,14 +117,16 @@ def _forms(kind, folded, always_on):
 
 def write_forms(kind, folded, always_on, shape, folder, prefix):
     """Writes one layer's two forms for `kind` as batch-1 `.tflite` files, input shape
-    (H, W, C_in), named `<prefix>_<form>.tflite` in `folder` (the kernel form with its
-    custom op). Returns {form: (path, plan entry)}."""
+    (H, W, C_in), named `<prefix>_<form>.tflite` in `folder` (for `kernels`, with the
+    custom ops `export_tflite` would give the layer: the builtin form's SANP gate is a
+    SanpSEGate op too). Returns {form: (path, plan entry)}."""
     written = {}
     for form, (build, entry) in _forms(kind, folded, always_on).items():
         flatbuffer = one_layer_flatbuffer(build, shape)
-        if form == "kernel":
+        if kind == "kernels":  # as export_tflite makes it: a SANP gate in a custom op
             flatbuffer = patching.gated_convs_to_custom_ops(
-                flatbuffer, expected=1, se_gates=patching.se_gates_of([folded]))
+                flatbuffer, expected=int(form == "kernel"),
+                se_gates=patching.se_gates_of([folded]))
         path = os.path.join(folder, f"{prefix}_{form}.tflite")
         with open(path, "wb") as f:
             f.write(flatbuffer)
@@ -186,7 +188,7 @@ def measure_forms(model, kind, calibration_data, samples=8, runs=30, verbose=Fal
             x = inputs[layer.name]  # (samples, H, W, C_in)
             forms = write_forms(kind, folded, always_on.get(layer.name), x.shape[1:], tmp,
                                 _file_prefix(index, layer.name))
-            timers = {form: _timer(path, form == "kernel") for form, (path, _) in forms.items()}
+            timers = {form: _timer(path, kind == "kernels") for form, (path, _) in forms.items()}
             entries = {form: entry for form, (_, entry) in forms.items()}
             total = {form: 0.0 for form in timers}
             for sample in x:  # forms alternate per sample: noise hits both alike

@@ -12,7 +12,8 @@ LAYER_CHOICES = ("threshold", "measured")
 
 
 def export_tflite(model, path, kind="portable", calibration_data=None, decisions=False,
-                  batch_size=None, layer_choice="threshold", verbose=False):
+                  batch_size=None, layer_choice="threshold", verbose=False,
+                  gates_in_kernels=True):
     """Writes `model` (holding SPMConv2D layers) to a `.tflite` file.
 
     Args:
@@ -40,6 +41,9 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
             `layer_choice.measured_plan(model, kind, calibration_data)` returned, to
             export one model several times measuring once.
         verbose: log the progress of a measured layer choice.
+        gates_in_kernels: `kernels` only: each SANP layer's gate is computed by the
+            custom ops (SanpSEGatedConv2D, SanpSEGate) rather than by ~12 builtin ops;
+            False keeps the builtin gates (to measure what moving them saves).
 
     Returns:
         The path written.
@@ -68,7 +72,8 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
                    if layer.mode in choice.DYNAMIC_MODES]
         gated = [layer for layer in dynamic if not (plan or {}).get(layer.name)]
         # SE gates go into the kernels, also those of layers kept builtin (SanpSEGate).
-        se_gates = patching.se_gates_of(folding.fold_conv(layer) for layer in dynamic)
+        se_gates = patching.se_gates_of(folding.fold_conv(layer) for layer in dynamic
+                                        if gates_in_kernels)
         flatbuffer = patching.gated_convs_to_custom_ops(flatbuffer, expected=len(gated),
                                                         se_gates=se_gates)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
