@@ -231,8 +231,8 @@ def markdown(rows):
               "(builtin ops: convolutions kept builtin, additions; and the runtime); the same "
               "model with its gates in builtin ops rather than in the custom ops, timed side by "
               "side (rows measured before it existed: -):", "",
-              "| backbone | budget | layer choice | portable: layers gathered | kernels: custom "
-              "ops | kernels ms | inside sanp kernels | rest | with builtin gates |"
+              "| backbone | budget | layer choice | portable: layers gathered | kernels: custom-"
+              "op calls | kernels ms | inside sanp kernels | rest | with builtin gates |"
               + (" measured by |" if several else ""),
               "|---|---|---|---|---|---|---|---|---|" + ("---|" if several else "")]
     for r in rows:

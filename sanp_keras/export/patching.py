@@ -14,8 +14,8 @@ A layer whose SE gate (mode "sanp") is given in `se_gates` becomes a
 `SanpSEGatedConv2D` instead, with inputs (x, gate, filter, bias, params) and outputs
 (y, decisions): the kernel computes the gate from x itself (`gate` holds its weights,
 `se_gate_tensor`), every use of the graph's decisions is rewired to the op's, and the
-gate's builtin ops, now unused, are removed: about ten tiny ops less per layer, each of
-which costs the runtime more than its arithmetic. A layer kept a builtin convolution
+gate's builtin ops, now unused, are removed: about twelve tiny ops less per layer, each
+of which costs the runtime more than its arithmetic. A layer kept a builtin convolution
 (`CONV_2D -> MUL(scale)` with scale (1, 1, C_out)) whose gate is in `se_gates` keeps
 its convolution, and its gate becomes one `SanpSEGate` op (x, gate) -> (scale,
 decisions), likewise rewired.
@@ -140,9 +140,20 @@ def _gate_decisions(model, ops, producer, scale):
     a, b = (int(t) for t in ops[index].inputs)
     for d, sig in ((a, b), (b, a)):
         made_by = producer.get(sig)
-        if made_by is not None and _builtin(model, ops[made_by]) == schema.BuiltinOperator.LOGISTIC:
+        if (made_by is not None
+                and _builtin(model, ops[made_by]) == schema.BuiltinOperator.LOGISTIC):
             return d
     return None
+
+
+def _custom_op(model, name, inputs, outputs):
+    op = schema.OperatorT()
+    op.opcodeIndex = _custom_opcode(model, name)
+    op.inputs = np.asarray(inputs, np.int32)
+    op.outputs = np.asarray(outputs, np.int32)
+    op.builtinOptionsType = schema.BuiltinOptions.NONE
+    op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
+    return op
 
 
 def _add_tensor(subgraph, shape, name):
@@ -236,17 +247,11 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
             if gate is not None and list(scale_t.shape) == [1, 1, c_out]:  # builtin form
                 decisions = _gate_decisions(model, ops, producer, int(scale))
                 if decisions is not None:
-                    gate_op = schema.OperatorT()
-                    gate_op.opcodeIndex = _custom_opcode(model, GATE_CUSTOM_CODE)
-                    gate_op.inputs = np.asarray([conv.inputs[0], _add_constant(
-                        model, subgraph, se_gate_tensor(gate), f"sanp_gate_{m}")], np.int32)
+                    table = _add_constant(model, subgraph, se_gate_tensor(gate), f"sanp_gate_{m}")
                     rewired[int(scale)] = _add_tensor(subgraph, [1, 1, c_out], f"sanp_scale_{m}")
                     rewired[decisions] = _add_tensor(subgraph, [1, c_out], f"sanp_decisions_{m}")
-                    gate_op.outputs = np.asarray([rewired[int(scale)], rewired[decisions]],
-                                                 np.int32)
-                    gate_op.builtinOptionsType = schema.BuiltinOptions.NONE
-                    gate_op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
-                    inserted[c] = gate_op
+                    inserted[c] = _custom_op(model, GATE_CUSTOM_CODE, [conv.inputs[0], table],
+                                             [rewired[int(scale)], rewired[decisions]])
                 break
             if (consumers.get(int(conv_out)) != [m] or int(conv_out) in graph_outputs
                     or options.fusedActivationFunction != schema.ActivationFunctionType.NONE
@@ -270,26 +275,21 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
             if bias < 0:
                 bias = _add_constant(model, subgraph, np.zeros(c_out, np.float32),
                                      f"sanp_bias_{m}")
-            custom = schema.OperatorT()
-            custom.opcodeIndex = _custom_opcode(model)
-            custom.inputs = np.asarray(
-                [conv.inputs[0], int(scale), conv.inputs[1], bias,
-                 _add_constant(model, subgraph, params, f"sanp_params_{m}")], np.int32)
-            custom.outputs = np.asarray(mul.outputs, np.int32)
+            inputs = [conv.inputs[0], int(scale), conv.inputs[1], bias,
+                      _add_constant(model, subgraph, params, f"sanp_params_{m}")]
             decisions = _gate_decisions(model, ops, producer, int(scale))
-            if gate is not None and decisions is not None:
+            if gate is not None and decisions is not None:  # the gate in the kernel
                 table = se_gate_tensor(gate)
                 c_in = int(x_t.shape[3])
                 if table.shape[1] != c_in + 1 + c_out:
                     raise ValueError(f"The gate of the CONV_2D at operator {c} has "
                                      f"{table.shape[1]} columns; expected {c_in + 1 + c_out}.")
-                custom.opcodeIndex = _custom_opcode(model, SE_CUSTOM_CODE)
-                custom.inputs[1] = _add_constant(model, subgraph, table, f"sanp_gate_{m}")
+                inputs[1] = _add_constant(model, subgraph, table, f"sanp_gate_{m}")
                 rewired[decisions] = _add_tensor(subgraph, [1, c_out], f"sanp_decisions_{m}")
-                custom.outputs = np.asarray([*mul.outputs, rewired[decisions]], np.int32)
-            custom.builtinOptionsType = schema.BuiltinOptions.NONE
-            custom.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
-            replaced[m] = custom
+                replaced[m] = _custom_op(model, SE_CUSTOM_CODE, inputs,
+                                         [*mul.outputs, rewired[decisions]])
+            else:
+                replaced[m] = _custom_op(model, CUSTOM_CODE, inputs, mul.outputs)
             removed.add(c)
             break
     if expected is not None and len(replaced) != expected:

@@ -166,18 +166,19 @@ class KernelRunner:
         self.close()
 
 
-def time_side_by_side(paths, x, num_threads=1, runs=200, warmup=20):
+def time_side_by_side(paths, x, num_threads=1, runs=200, warmup=20, chunk=10):
     """Median latency (ms) of every `.tflite` in `paths` (dict name -> path) on `x`.
 
-    Each model is warmed up, then all are run in turn in chunks of `runs // 10`, so
-    that the noise of a shared machine hits every model alike: compare the medians
-    of one call, not of two.
+    Each model is warmed up, then all are run in turn in chunks of `chunk` runs (each
+    after one untimed run), so that the noise of a shared machine, which comes in
+    phases longer than a run, hits every model alike: compare the medians of one
+    call, not of two.
     """
     runners = {name: KernelRunner(p, num_threads=num_threads) for name, p in paths.items()}
     samples = {name: [] for name in paths}
     for runner in runners.values():
         runner.time(x, runs=1, warmup=warmup)
-    chunk = max(1, runs // 10)
+    chunk = max(1, min(chunk, runs))
     for _ in range(-(-runs // chunk)):
         for name, runner in runners.items():
             samples[name].extend(runner.time(x, runs=chunk, warmup=1))
