@@ -8,8 +8,9 @@
  * buffers, bad params) that must be refused with an error status. The SE-gated entry
  * gets random gate weights on the same tensors: its decisions are checked against the
  * gate computed here in double precision, its output against the direct convolution
- * with those decisions, and the gate alone (sanp_se_gate) must give the same decisions. Buffers are allocated at their exact size, so any read past
- * them is an ASan finding.
+ * with those decisions, and the gate alone (sanp_se_gate) must give the same
+ * decisions. Buffers are allocated at their exact size, so any read past them is an
+ * ASan finding.
  *
  *   fuzz_gated_conv [iterations] [seed]   exit status 0: all passed
  */
@@ -78,7 +79,10 @@ static void se_case(int iteration, const SanpTensor* x, const SanpTensor* filter
   for (int i = 0; i < (hidden + 1) * columns; ++i) gs[i] = uniform();
   for (int r = 0; r < c_in + 1; ++r) gs[(size_t)hidden * columns + r] = 0.0f;
   for (int c = 0; c < c_out && closed; ++c) {
-    for (int j = 0; j < hidden; ++j) gs[(size_t)j * columns + c_in + 1 + c] = -fabsf(gs[(size_t)j * columns + c_in + 1 + c]);
+    for (int j = 0; j < hidden; ++j) {
+      float* w2 = gs + (size_t)j * columns + c_in + 1 + c;
+      *w2 = -fabsf(*w2);
+    }
     gs[(size_t)hidden * columns + c_in + 1 + c] = -1.0f - fabsf(uniform());
   }
   const float* xs = x->data;

@@ -5,9 +5,10 @@
  * same convolution with the layer's SE gate computed in the kernel from x.
  * SanpSEGate: inputs (x, gate), outputs (scale, decisions): the gate alone, for a layer
  * kept a builtin convolution.
- * See sanp_gated_conv.h. Register both on LiteRtOptions with sanp_register_kernels()
- * before compiling a model exported with kind="kernels". The runner wraps the CompiledModel API for ctypes
- * (sanp_keras.export.KernelRunner) and for the latency benchmark.
+ * See sanp_gated_conv.h. Register all three on LiteRtOptions with sanp_register_kernels()
+ * before compiling a model exported with kind="kernels". The runner wraps the
+ * CompiledModel API for ctypes (sanp_keras.export.KernelRunner) and for the latency
+ * benchmark.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -158,7 +159,7 @@ static LiteRtStatus op_destroy(void* user_data) {
 }
 
 static const LiteRtCustomOpKernel kCallbacks = {op_init, op_output_layouts, op_run,
-                                                   op_destroy};
+                                                op_destroy};
 
 int sanp_register_kernels(LiteRtOptions options) {
   const char* names[3] = {SANP_OP_NAME, SANP_SE_OP_NAME, SANP_GATE_OP_NAME};
