@@ -731,15 +731,6 @@ SanpStatus sanp_se_gate(const SanpTensor* x, const SanpTensor* gate, SanpTensor*
                  (float*)scale->data, (float*)decisions->data);
 }
 
-SanpStatus sanp_se_gated_conv2d_output_shapes(const SanpTensor* x, const SanpTensor* filter,
-                                              const SanpTensor* params, int32_t out_dims[4],
-                                              int32_t decisions_dims[2]) {
-  SanpStatus s = sanp_gated_conv2d_output_shape(x, filter, params, out_dims);
-  decisions_dims[0] = 1;
-  decisions_dims[1] = out_dims[3];
-  return s;
-}
-
 /* The convolution over the open channels (sc != 0) and live inputs, checked geometry. */
 static SanpStatus gated_conv(const Geometry* gp, const float* xs, const float* sc,
                              const float* ws, const float* bs, float* ys) {

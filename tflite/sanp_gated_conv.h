@@ -69,11 +69,6 @@ SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
 SanpStatus sanp_se_gate(const SanpTensor* x, const SanpTensor* gate, SanpTensor* scale,
                         SanpTensor* decisions);
 
-/* Output shapes of sanp_se_gated_conv2d: out (rank 4) and decisions (1, C_out). */
-SanpStatus sanp_se_gated_conv2d_output_shapes(const SanpTensor* x, const SanpTensor* filter,
-                                              const SanpTensor* params, int32_t out_dims[4],
-                                              int32_t decisions_dims[2]);
-
 /* Output shape from the input shapes alone: rank-4 dims into out_dims. */
 SanpStatus sanp_gated_conv2d_output_shape(const SanpTensor* x, const SanpTensor* filter,
                                           const SanpTensor* params, int32_t out_dims[4]);
