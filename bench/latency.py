@@ -77,7 +77,6 @@ KEEP = flags.DEFINE_bool(
     "and an interrupted run loses nothing.")
 FLAGS = flags.FLAGS
 ORDER = ("resnet20", "mcifarnet", "resnet18", "vgg19")
-KINDS = ("dense", "thinned", "masked", "portable", "kernels", "kernels_builtin_gates")
 
 
 def trained_model(backbone, budget):

@@ -72,8 +72,8 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
                    if layer.mode in choice.DYNAMIC_MODES]
         gated = [layer for layer in dynamic if not (plan or {}).get(layer.name)]
         # SE gates go into the kernels, also those of layers kept builtin (SanpSEGate).
-        se_gates = patching.se_gates_of(folding.fold_conv(layer) for layer in dynamic
-                                        if gates_in_kernels)
+        se_gates = (patching.se_gates_of(folding.fold_conv(layer) for layer in dynamic)
+                    if gates_in_kernels else {})
         flatbuffer = patching.gated_convs_to_custom_ops(flatbuffer, expected=len(gated),
                                                         se_gates=se_gates)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
