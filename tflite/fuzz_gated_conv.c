@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "sanp_gated_conv.h"
+#include "sanp_test_tensor.h"
 
 static unsigned long long state = 88172645463325252ULL;
 static unsigned next(void) {
@@ -29,17 +30,6 @@ static unsigned next(void) {
 static int range(int lo, int hi) { return lo + (int)(next() % (unsigned)(hi - lo + 1)); }
 static float uniform(void) { return (float)(next() % 20001) / 10000.0f - 1.0f; }
 
-static SanpTensor tensor(int dtype, int rank, const int* dims) {
-  SanpTensor t;
-  memset(&t, 0, sizeof(t));
-  t.dtype = dtype;
-  t.rank = rank;
-  size_t count = 1;
-  for (int i = 0; i < rank; ++i) { t.dims[i] = dims[i]; count *= (size_t)dims[i]; }
-  t.bytes = count * 4;
-  t.data = malloc(t.bytes);
-  return t;
-}
 
 static float reference(const float* x, const float* w, int h, int wd, int c_in, int kh, int kw,
                        int sh, int sw, int pt, int pl, int oh, int ow, int c) {
@@ -73,7 +63,8 @@ static void se_case(int iteration, const SanpTensor* x, const SanpTensor* filter
   const int32_t* ps = params->data;
   const int hidden = range(1, 6), columns = c_in + 1 + c_out;
   const int gd[2] = {hidden + 1, columns}, dd[2] = {1, c_out};
-  SanpTensor gate = tensor(SANP_FLOAT32, 2, gd), decisions = tensor(SANP_FLOAT32, 2, dd);
+  SanpTensor gate = sanp_test_tensor(SANP_FLOAT32, 2, gd);
+  SanpTensor decisions = sanp_test_tensor(SANP_FLOAT32, 2, dd);
   float* gs = gate.data;
   const int closed = range(0, 4) == 0;  /* every score negative: only the best opens */
   for (int i = 0; i < (hidden + 1) * columns; ++i) gs[i] = uniform();
@@ -135,7 +126,8 @@ static void se_case(int iteration, const SanpTensor* x, const SanpTensor* filter
   }
   /* The gate alone (SanpSEGate): the same decisions, and scale = d * sigmoid(g). */
   const int sd[3] = {1, 1, c_out};
-  SanpTensor scale = tensor(SANP_FLOAT32, 3, sd), alone = tensor(SANP_FLOAT32, 2, dd);
+  SanpTensor scale = sanp_test_tensor(SANP_FLOAT32, 3, sd);
+  SanpTensor alone = sanp_test_tensor(SANP_FLOAT32, 2, dd);
   st = sanp_se_gate(x, &gate, &scale, &alone);
   EXPECT(st == SANP_OK, "gate case %d returned %s", iteration, sanp_status_message(st));
   for (int c = 0; st == SANP_OK && c < c_out; ++c) {
@@ -196,9 +188,12 @@ static void one_case(int iteration) {
   }
   const int xd[4] = {1, h, wd, c_in}, sd[4] = {1, 1, 1, c_out}, fd[4] = {c_out, kh, kw, c_in};
   const int bd[1] = {c_out}, pd[3] = {oh, ow, SANP_PARAM_COUNT}, od[4] = {1, oh, ow, c_out};
-  SanpTensor x = tensor(SANP_FLOAT32, 4, xd), scale = tensor(SANP_FLOAT32, 4, sd);
-  SanpTensor filter = tensor(SANP_FLOAT32, 4, fd), bias = tensor(SANP_FLOAT32, 1, bd);
-  SanpTensor params = tensor(SANP_INT32, 3, pd), out = tensor(SANP_FLOAT32, 4, od);
+  SanpTensor x = sanp_test_tensor(SANP_FLOAT32, 4, xd);
+  SanpTensor scale = sanp_test_tensor(SANP_FLOAT32, 4, sd);
+  SanpTensor filter = sanp_test_tensor(SANP_FLOAT32, 4, fd);
+  SanpTensor bias = sanp_test_tensor(SANP_FLOAT32, 1, bd);
+  SanpTensor params = sanp_test_tensor(SANP_INT32, 3, pd);
+  SanpTensor out = sanp_test_tensor(SANP_FLOAT32, 4, od);
   float* xs = x.data; float* ss = scale.data; float* fs = filter.data; float* bs = bias.data;
   const int gates = range(0, 4);  /* 0: all closed, 1: all open, 2: 1 to 4 open, else random */
   const int few = range(1, 4);

@@ -38,6 +38,9 @@
 typedef float v8f __attribute__((vector_size(32)));
 typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
 
+/* The widest map channel_sums reads as one stream: 8 vectors (period * 8 % c == 0). */
+enum { SANP_MAX_STREAM_CHANNELS = 64 };
+
 enum { PIXELS = 16, CHANNELS = 6, PANEL = 16, ROWS = 6, PLANAR_MAX_OPEN = 4, VECTORS = 4,
        DOT_MAX_OPEN = 8 };
 
@@ -164,29 +167,29 @@ static void filter_rows_kernel(const float* const w[CHANNELS], const int* index,
   acc[4][0] = c40; acc[4][1] = c41; acc[5][0] = c50; acc[5][1] = c51;
 }
 
-/* acc[m] = sum over kernel rows i of a[m][i][0:span] * panel[i], for ROWS pixels whose
- * windows start at a[m] of a packed (hp, wp, k_in) input map (row i: row_stride further
- * on) and a packed (kh, span, 16) panel of open filters, span = kw * k_in: a window's
- * kernel row is span consecutive floats of the map. */
-static void pixel_rows_kernel(const float* const a[ROWS], int kh, size_t row_stride, int span,
-                              const float* panel, v8f acc[ROWS][2]) {
+/* acc[m] = sum over e < depth of a[m][tap[e]] * panel[e], for ROWS pixels whose windows
+ * start at a[m] of a packed (hp, wp, k_in) input map, e running over a window's
+ * kh * kw * k_in elements (tap[e] = i * row_stride + r for kernel row i and r < kw * k_in,
+ * the row's consecutive floats), panel (depth, 16) the open filters. One flat loop: with
+ * few live inputs a kernel row is a few floats, and a loop per row would cost more than
+ * its FMAs. */
+static inline __attribute__((always_inline)) void pixel_rows_kernel(
+    const float* const a[ROWS], const int* tap, int depth, const float* panel,
+    v8f acc[ROWS][2]) {
   v8f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
   v8f c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
-  for (int i = 0; i < kh; ++i) {
-    const size_t o = (size_t)i * row_stride;
-    const float *a0 = a[0] + o, *a1 = a[1] + o, *a2 = a[2] + o;
-    const float *a3 = a[3] + o, *a4 = a[4] + o, *a5 = a[5] + o;
-    const float* w = panel + (size_t)i * span * PANEL;
-    for (int r = 0; r < span; ++r, w += PANEL) {
-      const v8f w0 = *(const v8f*)w;
-      const v8f w1 = *(const v8f*)(w + 8);
-      c00 += a0[r] * w0; c01 += a0[r] * w1;
-      c10 += a1[r] * w0; c11 += a1[r] * w1;
-      c20 += a2[r] * w0; c21 += a2[r] * w1;
-      c30 += a3[r] * w0; c31 += a3[r] * w1;
-      c40 += a4[r] * w0; c41 += a4[r] * w1;
-      c50 += a5[r] * w0; c51 += a5[r] * w1;
-    }
+  const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
+  const float* w = panel;
+  for (int e = 0; e < depth; ++e, w += PANEL) {
+    const int o = tap[e];
+    const v8f w0 = *(const v8f*)w;
+    const v8f w1 = *(const v8f*)(w + 8);
+    c00 += a0[o] * w0; c01 += a0[o] * w1;
+    c10 += a1[o] * w0; c11 += a1[o] * w1;
+    c20 += a2[o] * w0; c21 += a2[o] * w1;
+    c30 += a3[o] * w0; c31 += a3[o] * w1;
+    c40 += a4[o] * w0; c41 += a4[o] * w1;
+    c50 += a5[o] * w0; c51 += a5[o] * w1;
   }
   acc[0][0] = c00; acc[0][1] = c01; acc[1][0] = c10; acc[1][1] = c11;
   acc[2][0] = c20; acc[2][1] = c21; acc[3][0] = c30; acc[3][1] = c31;
@@ -194,21 +197,19 @@ static void pixel_rows_kernel(const float* const a[ROWS], int kh, size_t row_str
 }
 
 /* The same for a panel with at most 8 open filters: 12 pixel rows x 8 channels. */
-static void pixel_rows_kernel_narrow(const float* const a[2 * ROWS], int kh, size_t row_stride,
-                                     int span, const float* panel, v8f acc[2 * ROWS]) {
+static inline __attribute__((always_inline)) void pixel_rows_kernel_narrow(
+    const float* const a[2 * ROWS], const int* tap, int depth, const float* panel,
+    v8f acc[2 * ROWS]) {
   v8f c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0};
   v8f c6 = {0}, c7 = {0}, c8 = {0}, c9 = {0}, c10 = {0}, c11 = {0};
-  for (int i = 0; i < kh; ++i) {
-    const float* b[2 * ROWS];
-    for (int m = 0; m < 2 * ROWS; ++m) b[m] = a[m] + (size_t)i * row_stride;
-    const float* w = panel + (size_t)i * span * PANEL;
-    for (int r = 0; r < span; ++r, w += PANEL) {
-      const v8f w0 = *(const v8f*)w;
-      c0 += b[0][r] * w0; c1 += b[1][r] * w0; c2 += b[2][r] * w0;
-      c3 += b[3][r] * w0; c4 += b[4][r] * w0; c5 += b[5][r] * w0;
-      c6 += b[6][r] * w0; c7 += b[7][r] * w0; c8 += b[8][r] * w0;
-      c9 += b[9][r] * w0; c10 += b[10][r] * w0; c11 += b[11][r] * w0;
-    }
+  const float* w = panel;
+  for (int e = 0; e < depth; ++e, w += PANEL) {
+    const int o = tap[e];
+    const v8f w0 = *(const v8f*)w;
+    c0 += a[0][o] * w0; c1 += a[1][o] * w0; c2 += a[2][o] * w0;
+    c3 += a[3][o] * w0; c4 += a[4][o] * w0; c5 += a[5][o] * w0;
+    c6 += a[6][o] * w0; c7 += a[7][o] * w0; c8 += a[8][o] * w0;
+    c9 += a[9][o] * w0; c10 += a[10][o] * w0; c11 += a[11][o] * w0;
   }
   acc[0] = c0; acc[1] = c1; acc[2] = c2; acc[3] = c3; acc[4] = c4; acc[5] = c5;
   acc[6] = c6; acc[7] = c7; acc[8] = c8; acc[9] = c9; acc[10] = c10; acc[11] = c11;
@@ -230,11 +231,16 @@ static void pack_map(const Geometry* g, const float* xs, const int* live, int k_
   for (int i = 0; i < hp; ++i, dst += (size_t)wp * kp) {
     const int ih = i - g->pt;
     if (ih < 0 || ih >= g->h) { memset(dst, 0, sizeof(float) * (size_t)wp * kp); continue; }
-    memset(dst, 0, sizeof(float) * (size_t)j0 * kp);
-    memset(dst + (size_t)j1 * kp, 0, sizeof(float) * (size_t)(wp - j1) * kp);
+    for (size_t e = 0; e < (size_t)j0 * kp; ++e) dst[e] = 0.0f;  /* padding: a few floats */
+    for (size_t e = (size_t)j1 * kp; e < (size_t)wp * kp; ++e) dst[e] = 0.0f;
     const float* src = xs + (size_t)ih * g->w * g->c_in;
     if (whole) {  /* the row's pixels, contiguous */
       memcpy(dst + (size_t)j0 * kp, src, sizeof(float) * (size_t)(j1 - j0) * kp);
+      continue;
+    }
+    if (k_in == 1 && kp == 1) {  /* one live channel (a hard-pruned layer): a strided copy */
+      const float* s = src + (size_t)(j0 - g->pl) * g->c_in + live[0];
+      for (int j = j0; j < j1; ++j, s += g->c_in) dst[j] = *s;
       continue;
     }
     for (int j = j0; j < j1; ++j) {
@@ -258,11 +264,13 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
   const size_t panel_bytes = sizeof(float) * (size_t)taps * k_in_alloc * PANEL * panels;
   float* packed_x = malloc(sizeof(float) * (size_t)hp * wp * k_in_alloc);
   float* packed_w = aligned_alloc(64, (panel_bytes + 63) / 64 * 64);
-  int* pixel_offset = malloc(sizeof(int) * (size_t)pixels);
+  const int depth = taps * k_in;
+  int* pixel_offset = malloc(sizeof(int) * ((size_t)pixels + (size_t)depth));
   if (packed_x == NULL || packed_w == NULL || pixel_offset == NULL) {
     free(packed_x); free(packed_w); free(pixel_offset);
     return SANP_ERROR_MEMORY;
   }
+  int* tap = pixel_offset + pixels;  /* offset of each window element in the packed map */
   pack_map(g, xs, live, k_in, k_in, hp, wp, packed_x);
   memset(packed_w, 0, panel_bytes);  /* panels (taps, k_in, 16), zero in unused lanes */
   for (int n = 0; n < k_out; ++n) {
@@ -275,8 +283,8 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
   for (int i = 0; i < g->out_h; ++i)  /* where each output pixel's window starts */
     for (int j = 0; j < g->out_w; ++j)
       pixel_offset[i * g->out_w + j] = (i * g->sh * wp + j * g->sw) * k_in;
-  const size_t row_stride = (size_t)wp * k_in;
-  const int span = g->kw * k_in;
+  for (int e = 0; e < depth; ++e)
+    tap[e] = e / (g->kw * k_in) * wp * k_in + e % (g->kw * k_in);
   for (int panel = 0; panel < panels; ++panel) {
     const int lanes = k_out - panel * PANEL < PANEL ? k_out - panel * PANEL : PANEL;
     const float* weights = packed_w + (size_t)panel * taps * k_in * PANEL;
@@ -293,7 +301,7 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
         a[m] = packed_x + pixel_offset[p];
       }
       v8f acc[2 * ROWS];
-      pixel_rows_kernel_narrow(a, g->kh, row_stride, span, weights, acc);
+      pixel_rows_kernel_narrow(a, tap, depth, weights, acc);
       for (int m = 0; m < 2 * ROWS && p0 + m < pixels; ++m) {
         float* dst = ys + (size_t)(p0 + m) * g->c_out;
         for (int l = 0; l < lanes; ++l) {
@@ -309,7 +317,15 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
         a[m] = packed_x + pixel_offset[p];
       }
       v8f acc[ROWS][2];
-      pixel_rows_kernel(a, g->kh, row_stride, span, weights, acc);
+      pixel_rows_kernel(a, tap, depth, weights, acc);
+      if (whole && p0 + ROWS <= pixels) {  /* the common case, unrolled: acc stays in registers */
+        float* dst = ys + (size_t)p0 * g->c_out + open[panel * PANEL];
+        for (int m = 0; m < ROWS; ++m, dst += g->c_out) {
+          *(v8f_unaligned*)dst = activate8((acc[m][0] + bias_v[0]) * scale_v[0], g->act);
+          *(v8f_unaligned*)(dst + 8) = activate8((acc[m][1] + bias_v[1]) * scale_v[1], g->act);
+        }
+        continue;
+      }
       for (int m = 0; m < ROWS && p0 + m < pixels; ++m) {
         float* dst = ys + (size_t)(p0 + m) * g->c_out;
         if (whole) {  /* 16 consecutive open channels: two vector stores */
@@ -604,7 +620,8 @@ static SanpStatus check_conv(const SanpTensor* x, const SanpTensor* filter,
 }
 
 static SanpStatus gated_conv(const Geometry* gp, const float* xs, const float* sc,
-                             const float* ws, const float* bs, float* ys);
+                             const float* ws, const float* bs, const int* live_flags,
+                             float* ys);
 
 SanpStatus sanp_gated_conv2d(const SanpTensor* x, const SanpTensor* scale,
                              const SanpTensor* filter, const SanpTensor* bias,
@@ -616,29 +633,64 @@ SanpStatus sanp_gated_conv2d(const SanpTensor* x, const SanpTensor* scale,
   if (scale->dims[0] * scale->dims[1] * scale->dims[2] != 1 || scale->dims[3] != g.c_out)
     return SANP_ERROR_SHAPE;
   return gated_conv(&g, (const float*)x->data, (const float*)scale->data,
-                    (const float*)filter->data, (const float*)bias->data, (float*)out->data);
+                    (const float*)filter->data, (const float*)bias->data, NULL,
+                    (float*)out->data);
 }
 
-/* s[r] = the sum over pixels of channel r of a (pixels, c) map. */
-static void channel_sums(const float* xs, size_t pixels, int c, float* s) {
-  const int nb = c / 8;  /* whole vectors per pixel */
-  int r0 = 0;
-  if (c % 8 == 0 && 8 % nb == 0) {
-    /* The map as one stream of vectors, vector i of channel block i % nb: 8 sums,
-     * sum k of the vectors i = k (mod 8), hold block k % nb (8 independent chains). */
-    const size_t vectors = pixels * (size_t)nb;
+/* s[r] = the sum over pixels of channel r of a (pixels, c) map; with `live` not NULL,
+ * also live[r] = whether channel r holds a non-zero value (as live_channels) from the
+ * same pass: the OR of the values' bits, the sign dropped at the end. */
+static void channel_sums(const float* xs, size_t pixels, int c, float* s, int* live) {
+  int period = 1;  /* vectors after which the channels of a vector's lanes repeat */
+  while (period <= 8 && period * 8 % c != 0) ++period;
+  if (period <= 8) {
+    /* The map as one stream of vectors: lane l of vector i holds channel (8 i + l) % c,
+     * which depends on i only modulo `period`. Sum k < chains adds the vectors
+     * i = k (mod chains), chains a multiple of the period (independent add chains). */
+    const int chains = 8 % period == 0 ? 8 : period;
+    const size_t floats = pixels * (size_t)c, vectors = floats / 8;
     v8f a[8] = {{0}};
+    v8u o[8] = {{0}};
     size_t i = 0;
-    for (; i + 8 <= vectors; i += 8)
-      for (int k = 0; k < 8; ++k) a[k] += *(const v8f_unaligned*)(xs + (i + k) * 8);
-    for (; i < vectors; ++i) a[i % 8] += *(const v8f_unaligned*)(xs + i * 8);
-    for (int b = 0; b < nb; ++b) {
-      v8f acc = {0};
-      for (int k = b; k < 8; k += nb) acc += a[k];
-      for (int l = 0; l < 8; ++l) s[b * 8 + l] = acc[l];
+    if (chains == 8 && live == NULL)
+      for (; i + 8 <= vectors; i += 8)
+        for (int k = 0; k < 8; ++k) a[k] += *(const v8f_unaligned*)(xs + (i + k) * 8);
+    if (chains == 8)
+      for (; i + 8 <= vectors; i += 8)
+        for (int k = 0; k < 8; ++k) {
+          const v8f v = *(const v8f_unaligned*)(xs + (i + k) * 8);
+          a[k] += v;
+          o[k] |= (v8u)v;
+        }
+    for (; i + (size_t)chains <= vectors; i += (size_t)chains)
+      for (int k = 0; k < chains; ++k) {
+        const v8f v = *(const v8f_unaligned*)(xs + (i + k) * 8);
+        a[k] += v;
+        o[k] |= (v8u)v;
+      }
+    for (int k = 0; i < vectors; ++i, ++k) {
+      a[k] += *(const v8f_unaligned*)(xs + i * 8);
+      o[k] |= *(const v8u_unaligned*)(xs + i * 8);
     }
+    uint32_t bits[SANP_MAX_STREAM_CHANNELS];
+    for (int r = 0; r < c; ++r) { s[r] = 0.0f; bits[r] = 0; }
+    for (int k = 0; k < chains; ++k)
+      for (int l = 0; l < 8; ++l) {
+        const int r = (8 * k + l) % c;
+        s[r] += a[k][l];
+        bits[r] |= o[k][l];
+      }
+    const uint32_t* tail = (const uint32_t*)xs;
+    for (size_t f = vectors * 8; f < floats; ++f) {  /* the last floats, not a whole vector */
+      s[f % (size_t)c] += xs[f];
+      bits[f % (size_t)c] |= tail[f];
+    }
+    for (int r = 0; live != NULL && r < c; ++r) live[r] = (bits[r] & 0x7fffffffu) != 0;
     return;
   }
+  if (live != NULL) live_channels(xs, pixels, c, live);  /* the stream above is the hot path */
+  const int nb = c / 8;  /* whole vectors per pixel */
+  int r0 = 0;
   if (nb >= 8) {  /* wide maps: a row of sums, each updated once per pixel */
     memset(s, 0, sizeof(float) * (size_t)nb * 8);
     for (size_t p = 0; p < pixels; ++p)
@@ -653,15 +705,16 @@ static void channel_sums(const float* xs, size_t pixels, int c, float* s) {
   }
 }
 
-/* The layer's gate from x: its scale and decisions, each (c_out); see the header. */
+/* The layer's gate from x: its scale and decisions, each (c_out); see the header. With
+ * `live` not NULL, also which input channels are live (c_in flags), from the same pass. */
 static SanpStatus se_gate(const Geometry* g, const float* xs, const float* gate, int hidden,
-                          float* scale, float* decisions) {
+                          float* scale, float* decisions, int* live) {
   const int c_in = g->c_in, c_out = g->c_out, row = c_in + 1 + c_out;
   const size_t pixels = (size_t)g->h * g->w;
   float* s = malloc(sizeof(float) * ((size_t)c_in + hidden));
   if (s == NULL) return SANP_ERROR_MEMORY;
   float* h = s + c_in;
-  channel_sums(xs, pixels, c_in, s);
+  channel_sums(xs, pixels, c_in, s, live);
   int r;
   for (r = 0; r < c_in; ++r) s[r] /= (float)pixels;
   for (int j = 0; j < hidden; ++j) {  /* h = relu(s W1 + b1) */
@@ -701,13 +754,14 @@ SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
   if (gate->dims[0] < 2 || gate->dims[1] != g.c_in + 1 + g.c_out ||
       decisions->dims[0] != 1 || decisions->dims[1] != g.c_out)
     return SANP_ERROR_SHAPE;
-  float* scale = malloc(sizeof(float) * (size_t)g.c_out);
+  float* scale = malloc(sizeof(float) * (size_t)g.c_out + sizeof(int) * (size_t)g.c_in);
   if (scale == NULL) return SANP_ERROR_MEMORY;
+  int* live = (int*)(scale + g.c_out);
   s = se_gate(&g, (const float*)x->data, (const float*)gate->data, gate->dims[0] - 1, scale,
-              (float*)decisions->data);
+              (float*)decisions->data, live);
   if (s == SANP_OK)
     s = gated_conv(&g, (const float*)x->data, scale, (const float*)filter->data,
-                   (const float*)bias->data, (float*)out->data);
+                   (const float*)bias->data, live, (float*)out->data);
   free(scale);
   return s;
 }
@@ -728,12 +782,14 @@ SanpStatus sanp_se_gate(const SanpTensor* x, const SanpTensor* gate, SanpTensor*
       decisions->dims[1] != g.c_out)
     return SANP_ERROR_SHAPE;
   return se_gate(&g, (const float*)x->data, (const float*)gate->data, gate->dims[0] - 1,
-                 (float*)scale->data, (float*)decisions->data);
+                 (float*)scale->data, (float*)decisions->data, NULL);
 }
 
-/* The convolution over the open channels (sc != 0) and live inputs, checked geometry. */
+/* The convolution over the open channels (sc != 0) and live inputs, checked geometry;
+ * live_flags: which inputs are live (c_in flags) when the caller knows, else NULL. */
 static SanpStatus gated_conv(const Geometry* gp, const float* xs, const float* sc,
-                             const float* ws, const float* bs, float* ys) {
+                             const float* ws, const float* bs, const int* live_flags,
+                             float* ys) {
   const Geometry g = *gp;
   SanpStatus s;
   const int pixels = g.out_h * g.out_w, taps = g.kh * g.kw;
@@ -747,7 +803,10 @@ static SanpStatus gated_conv(const Geometry* gp, const float* xs, const float* s
   int k_out = 0, k_in = 0;
   for (int c = 0; c < g.c_out; ++c)
     if (sc[c] != 0.0f) open[k_out++] = c;
-  live_channels(xs, (size_t)g.h * g.w, g.c_in, live);
+  if (live_flags != NULL)
+    memcpy(live, live_flags, sizeof(int) * (size_t)g.c_in);
+  else
+    live_channels(xs, (size_t)g.h * g.w, g.c_in, live);
   for (int r = 0; r < g.c_in; ++r)
     if (live[r]) live[k_in++] = r;
   if (k_out < g.c_out)  /* every layout writes each open channel at every pixel */
