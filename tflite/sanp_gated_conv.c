@@ -717,10 +717,17 @@ static SanpStatus se_gate(const Geometry* g, const float* xs, const float* gate,
   channel_sums(xs, pixels, c_in, s, live);
   int r;
   for (r = 0; r < c_in; ++r) s[r] /= (float)pixels;
-  for (int j = 0; j < hidden; ++j) {  /* h = relu(s W1 + b1) */
+  for (int j = 0; j < hidden; ++j) {  /* h = relu(s W1 + b1): 2 vector sums, then lanes */
     const float* w = gate + (size_t)j * row;
+    v8f a0 = {0}, a1 = {0};
+    for (r = 0; r + 16 <= c_in; r += 16) {
+      a0 += *(const v8f_unaligned*)(s + r) * *(const v8f_unaligned*)(w + r);
+      a1 += *(const v8f_unaligned*)(s + r + 8) * *(const v8f_unaligned*)(w + r + 8);
+    }
+    a0 += a1;
     float acc = w[c_in];
-    for (r = 0; r < c_in; ++r) acc += s[r] * w[r];
+    for (int l = 0; l < 8; ++l) acc += a0[l];
+    for (; r < c_in; ++r) acc += s[r] * w[r];
     h[j] = acc > 0.0f ? acc : 0.0f;
   }
   /* g = h W2 + b2, kept in scale for now: rows of W2 added in turn (contiguous) */
