@@ -30,8 +30,8 @@ static double time_calls(int which, int runs, SanpTensor* t) {
   double* times = malloc(sizeof(double) * (size_t)runs);
   for (int n = -runs / 10 - 1; n < runs; ++n) {
     const double start = now_us();
-    SanpStatus s = which == 0 ? sanp_se_gated_conv2d(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5],
-                                                     &t[6])
+    SanpStatus s = which == 0 ? sanp_se_gated_conv2d(&t[0], &t[1], &t[2], &t[3], &t[4], NULL,
+                                                     &t[5], &t[6])
                               : sanp_se_gate(&t[0], &t[1], &t[7], &t[6]);
     if (s != SANP_OK) { fprintf(stderr, "%s\n", sanp_status_message(s)); exit(1); }
     if (n >= 0) times[n] = now_us() - start;

@@ -9,8 +9,8 @@
  * gets random gate weights on the same tensors: its decisions are checked against the
  * gate computed here in double precision, its output against the direct convolution
  * with those decisions, and the gate alone (sanp_se_gate) must give the same
- * decisions. Buffers are allocated at their exact size, so any read past them is an
- * ASan finding.
+ * decisions; half the cases add a residual before the activation. Buffers are
+ * allocated at their exact size, so any read past them is an ASan finding.
  *
  *   fuzz_gated_conv [iterations] [seed]   exit status 0: all passed
  */
@@ -94,7 +94,13 @@ static void se_case(int iteration, const SanpTensor* x, const SanpTensor* filter
     for (int j = 0; j < hidden; ++j) g[c] += hs[j] * gs[(size_t)j * columns + c_in + 1 + c];
     if (g[c] > g[best]) best = c;
   }
-  SanpStatus st = sanp_se_gated_conv2d(x, &gate, filter, bias, params, out, &decisions);
+  /* half the cases add a residual before the activation (a fused ADD) */
+  const int od[4] = {1, oh, ow, c_out};
+  SanpTensor residual = sanp_test_tensor(SANP_FLOAT32, 4, od);
+  const int with_residual = range(0, 1);
+  for (int i = 0; i < oh * ow * c_out; ++i) ((float*)residual.data)[i] = uniform();
+  const SanpTensor* res = with_residual ? &residual : NULL;
+  SanpStatus st = sanp_se_gated_conv2d(x, &gate, filter, bias, params, res, out, &decisions);
   EXPECT(st == SANP_OK, "SE case %d returned %s", iteration, sanp_status_message(st));
   if (st == SANP_OK) {
     const float* ds = decisions.data;
@@ -111,14 +117,15 @@ static void se_case(int iteration, const SanpTensor* x, const SanpTensor* filter
       for (int q = 0; q < ow; ++q)
         for (int c = 0; c < c_out; ++c) {
           float want = 0.0f;
-          if (ds[c] != 0.0f) {
+          if (ds[c] != 0.0f)
             want = (reference(xs, filter->data, h, wd, c_in, kh, kw, ps[0], ps[1], ps[2], ps[3],
                               p, q, c) + ((const float*)bias->data)[c]) *
                    (float)(1.0 / (1.0 + exp(-g[c])));
-            if (ps[4] >= 1 && want < 0) want = 0;
-            if (ps[4] == 2 && want > 6) want = 6;
-          }
-          const float got = ys[((size_t)p * ow + q) * c_out + c];
+          const size_t at = ((size_t)p * ow + q) * c_out + c;
+          if (with_residual) want += ((const float*)residual.data)[at];
+          if (ps[4] >= 1 && want < 0) want = 0;
+          if (ps[4] == 2 && want > 6) want = 6;
+          const float got = ys[at];
           EXPECT(fabsf(got - want) <= 1e-4f * (1.0f + fabsf(want)),
                  "SE case %d pixel (%d,%d) channel %d: got %g want %g", iteration, p, q, c,
                  got, want);
@@ -147,25 +154,35 @@ static void se_case(int iteration, const SanpTensor* x, const SanpTensor* filter
   bad = scale; bad.bytes -= 4;
   EXPECT(sanp_se_gate(x, &gate, &bad, &alone) == SANP_ERROR_SIZE, "short scale");
   free(scale.data); free(alone.data);
+  bad = residual; bad.dims[2] += 1;
+  EXPECT(sanp_se_gated_conv2d(x, &gate, filter, bias, params, &bad, out, &decisions) != SANP_OK,
+         "residual shape");
+  bad = residual; bad.bytes -= 4;
+  EXPECT(sanp_se_gated_conv2d(x, &gate, filter, bias, params, &bad, out, &decisions) ==
+             SANP_ERROR_SIZE, "short residual");
+  bad = residual; bad.dtype = SANP_INT32;
+  EXPECT(sanp_se_gated_conv2d(x, &gate, filter, bias, params, &bad, out, &decisions) ==
+             SANP_ERROR_DTYPE, "residual dtype");
+  free(residual.data);
   bad = gate; bad.dims[1] += 1;
-  EXPECT(sanp_se_gated_conv2d(x, &bad, filter, bias, params, out, &decisions) != SANP_OK,
+  EXPECT(sanp_se_gated_conv2d(x, &bad, filter, bias, params, NULL, out, &decisions) != SANP_OK,
          "gate columns");
   bad = gate; bad.dims[0] = 1;
-  EXPECT(sanp_se_gated_conv2d(x, &bad, filter, bias, params, out, &decisions) != SANP_OK,
+  EXPECT(sanp_se_gated_conv2d(x, &bad, filter, bias, params, NULL, out, &decisions) != SANP_OK,
          "gate without hidden rows");
   bad = gate; bad.bytes -= 4;
-  EXPECT(sanp_se_gated_conv2d(x, &bad, filter, bias, params, out, &decisions) == SANP_ERROR_SIZE,
-         "short gate");
+  EXPECT(sanp_se_gated_conv2d(x, &bad, filter, bias, params, NULL, out, &decisions) ==
+             SANP_ERROR_SIZE, "short gate");
   bad = gate; bad.rank = 3;
-  EXPECT(sanp_se_gated_conv2d(x, &bad, filter, bias, params, out, &decisions) == SANP_ERROR_RANK,
-         "gate rank");
+  EXPECT(sanp_se_gated_conv2d(x, &bad, filter, bias, params, NULL, out, &decisions) ==
+             SANP_ERROR_RANK, "gate rank");
   bad = decisions; bad.dims[1] += 1;
-  EXPECT(sanp_se_gated_conv2d(x, &gate, filter, bias, params, out, &bad) != SANP_OK,
+  EXPECT(sanp_se_gated_conv2d(x, &gate, filter, bias, params, NULL, out, &bad) != SANP_OK,
          "decisions shape");
   bad = decisions; bad.bytes -= 4;
-  EXPECT(sanp_se_gated_conv2d(x, &gate, filter, bias, params, out, &bad) == SANP_ERROR_SIZE,
+  EXPECT(sanp_se_gated_conv2d(x, &gate, filter, bias, params, NULL, out, &bad) == SANP_ERROR_SIZE,
          "short decisions");
-  EXPECT(sanp_se_gated_conv2d(x, &gate, filter, bias, params, out, NULL) != SANP_OK,
+  EXPECT(sanp_se_gated_conv2d(x, &gate, filter, bias, params, NULL, out, NULL) != SANP_OK,
          "null decisions");
   free(gate.data); free(decisions.data);
 }

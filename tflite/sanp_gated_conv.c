@@ -749,10 +749,19 @@ static SanpStatus se_gate(const Geometry* g, const float* xs, const float* gate,
   return SANP_OK;
 }
 
+/* y = act(y + r) over n floats (the residual ADD after a layer, fused). */
+static void add_residual(float* ys, const float* rs, size_t n, int act) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    *(v8f_unaligned*)(ys + i) =
+        activate8(*(v8f_unaligned*)(ys + i) + *(const v8f_unaligned*)(rs + i), act);
+  for (; i < n; ++i) ys[i] = activate(ys[i] + rs[i], act);
+}
+
 SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
                                 const SanpTensor* filter, const SanpTensor* bias,
-                                const SanpTensor* params, SanpTensor* out,
-                                SanpTensor* decisions) {
+                                const SanpTensor* params, const SanpTensor* residual,
+                                SanpTensor* out, SanpTensor* decisions) {
   Geometry g;
   SanpStatus s = check_conv(x, filter, bias, params, out, &g);
   if (s != SANP_OK) return s;
@@ -761,6 +770,13 @@ SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
   if (gate->dims[0] < 2 || gate->dims[1] != g.c_in + 1 + g.c_out ||
       decisions->dims[0] != 1 || decisions->dims[1] != g.c_out)
     return SANP_ERROR_SHAPE;
+  if (residual != NULL) {
+    if ((s = check(residual, SANP_FLOAT32, 4)) != SANP_OK) return s;
+    for (int i = 0; i < 4; ++i)
+      if (residual->dims[i] != out->dims[i]) return SANP_ERROR_SHAPE;
+  }
+  const int act = g.act;
+  if (residual != NULL) g.act = 0;  /* the activation comes after the addition */
   float* scale = malloc(sizeof(float) * (size_t)g.c_out + sizeof(int) * (size_t)g.c_in);
   if (scale == NULL) return SANP_ERROR_MEMORY;
   int* live = (int*)(scale + g.c_out);
@@ -769,6 +785,9 @@ SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
   if (s == SANP_OK)
     s = gated_conv(&g, (const float*)x->data, scale, (const float*)filter->data,
                    (const float*)bias->data, live, (float*)out->data);
+  if (s == SANP_OK && residual != NULL)
+    add_residual((float*)out->data, (const float*)residual->data,
+                 (size_t)g.out_h * g.out_w * g.c_out, act);
   free(scale);
   return s;
 }

@@ -1,8 +1,9 @@
 /* LiteRT glue: the custom ops (CustomOpDispatcher) and a small runner.
  *
  * SanpGatedConv2D: inputs (x, scale, filter, bias, params), one output.
- * SanpSEGatedConv2D: inputs (x, gate, filter, bias, params), outputs (y, decisions): the
- * same convolution with the layer's SE gate computed in the kernel from x.
+ * SanpSEGatedConv2D: inputs (x, gate, filter, bias, params[, residual]), outputs (y,
+ * decisions): the same convolution with the layer's SE gate computed in the kernel from
+ * x, and a residual block's shortcut added before the activation when given.
  * SanpSEGate: inputs (x, gate), outputs (scale, decisions): the gate alone, for a layer
  * kept a builtin convolution.
  * See sanp_gated_conv.h. Register all three on LiteRtOptions with sanp_register_kernels()
@@ -60,11 +61,17 @@ typedef enum { OP_GATED_CONV, OP_SE_GATED_CONV, OP_SE_GATE } OpKind;
 static const OpKind kKinds[3] = {OP_GATED_CONV, OP_SE_GATED_CONV, OP_SE_GATE};
 static const size_t kInputs[3] = {5, 5, 2}, kOutputs[3] = {1, 2, 2};
 
+/* Whether an op of `kind` takes `n` inputs: SanpSEGatedConv2D takes a sixth, optional
+ * one, the residual added before the activation. */
+static int takes_inputs(OpKind kind, size_t n) {
+  return n == kInputs[kind] || (kind == OP_SE_GATED_CONV && n == kInputs[kind] + 1);
+}
+
 static LiteRtStatus op_output_layouts(void* user_data, size_t num_inputs,
                                       const LiteRtLayout* inputs, size_t num_outputs,
                                       LiteRtLayout* outputs) {
   const OpKind kind = *(const OpKind*)user_data;
-  if (num_inputs != kInputs[kind] || num_outputs != kOutputs[kind])
+  if (!takes_inputs(kind, num_inputs) || num_outputs != kOutputs[kind])
     return kLiteRtStatusErrorInvalidArgument;
   int32_t dims[4];
   if (kind == OP_SE_GATE) {  /* C_out: the gate's width less C_in + 1 */
@@ -115,12 +122,12 @@ static LiteRtStatus op_run(void* user_data, size_t num_inputs,
                            const LiteRtTensorBuffer* inputs, size_t num_outputs,
                            LiteRtTensorBuffer* outputs) {
   const OpKind kind = *(const OpKind*)user_data;
-  const size_t n_in = kInputs[kind], n = n_in + kOutputs[kind];
-  if (num_inputs != n_in || num_outputs != kOutputs[kind]) {
+  const size_t n_in = num_inputs, n = n_in + kOutputs[kind];
+  if (!takes_inputs(kind, num_inputs) || num_outputs != kOutputs[kind]) {
     last_status = SANP_ERROR_RANK;
     return kLiteRtStatusErrorInvalidArgument;
   }
-  SanpTensor t[7];
+  SanpTensor t[8];  /* the inputs, then the outputs */
   size_t locked = 0;
   LiteRtStatus status = kLiteRtStatusOk;
   for (; locked < n && status == kLiteRtStatusOk; ++locked) {
@@ -135,7 +142,8 @@ static LiteRtStatus op_run(void* user_data, size_t num_inputs,
         last_status = sanp_gated_conv2d(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5]);
         break;
       case OP_SE_GATED_CONV:
-        last_status = sanp_se_gated_conv2d(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6]);
+        last_status = sanp_se_gated_conv2d(&t[0], &t[1], &t[2], &t[3], &t[4],
+                                           n_in == 6 ? &t[5] : NULL, &t[n_in], &t[n_in + 1]);
         break;
       case OP_SE_GATE:
         last_status = sanp_se_gate(&t[0], &t[1], &t[2], &t[3]);

@@ -19,6 +19,12 @@ of which costs the runtime more than its arithmetic. A layer kept a builtin conv
 (`CONV_2D -> MUL(scale)` with scale (1, 1, C_out)) whose gate is in `se_gates` keeps
 its convolution, and its gate becomes one `SanpSEGate` op (x, gate) -> (scale,
 decisions), likewise rewired.
+
+A residual block's `ADD(y, shortcut)` [fused RELU / RELU6] after a SanpSEGatedConv2D
+with no activation of its own, the ADD being y's only reader, is fused into the op:
+the shortcut becomes its sixth input and the ADD's activation its activation (applied
+after the addition). One partition of builtin ops less between two custom ops, whose
+runtime cost exceeds the addition's (`_fuse_residual_adds`).
 """
 
 import flatbuffers
@@ -208,7 +214,49 @@ def _check_order(model, subgraph):
         made.update(int(t) for t in op.outputs)
 
 
-def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
+def _fuse_residual_adds(model, subgraph):
+    """Fuses into each SanpSEGatedConv2D (five inputs, activation NONE) the ADD that is
+    the only reader of its output, when the ADD's other operand has the same shape and
+    is made before the op: the op's sixth input becomes that operand, its activation
+    the ADD's, its output the ADD's. Returns the number of ADDs fused."""
+    ops = subgraph.operators
+    position = {int(t): i for i, op in enumerate(ops) for t in op.outputs}
+    readers = {}
+    for index, op in enumerate(ops):
+        for t in op.inputs:
+            readers.setdefault(int(t), []).append(index)
+    graph_outputs = {int(t) for t in subgraph.outputs}
+    se_codes = {i for i, code in enumerate(model.operatorCodes)
+                if code.customCode in (SE_CUSTOM_CODE, SE_CUSTOM_CODE.encode())}
+    fused = set()
+    for index, op in enumerate(ops):
+        if op.opcodeIndex not in se_codes or len(op.inputs) != 5:
+            continue
+        y = int(op.outputs[0])
+        params = np.frombuffer(_constant_bytes(model, subgraph.tensors[op.inputs[4]]),
+                               np.int32).reshape(-1)
+        if params[4] != 0 or y in graph_outputs or len(readers.get(y, [])) != 1:
+            continue
+        add = ops[readers[y][0]]
+        if (_builtin(model, add) != schema.BuiltinOperator.ADD or len(add.inputs) != 2
+                or add.builtinOptions.fusedActivationFunction not in _ACTIVATIONS):
+            continue
+        other = int(add.inputs[1]) if int(add.inputs[0]) == y else int(add.inputs[0])
+        if (other == y or position.get(other, -1) >= index
+                or list(subgraph.tensors[other].shape) != list(subgraph.tensors[y].shape)):
+            continue
+        params = params.reshape(subgraph.tensors[op.inputs[4]].shape).copy()
+        params.flat[4] = _ACTIVATIONS[add.builtinOptions.fusedActivationFunction]
+        op.inputs = np.asarray([*op.inputs[:4],
+                                _add_constant(model, subgraph, params, f"sanp_params_add_{index}"),
+                                other], np.int32)
+        op.outputs = np.asarray([int(add.outputs[0]), *op.outputs[1:]], np.int32)
+        fused.add(readers[y][0])
+    subgraph.operators = [op for i, op in enumerate(ops) if i not in fused]
+    return len(fused)
+
+
+def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None, fuse_adds=True):
     """Returns `flatbuffer` with every CONV_2D -> MUL(scale) pair fused into a custom op.
 
     Args:
@@ -218,6 +266,8 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
         se_gates: dict from `filter_key(folded kernel)` to the FoldedGate (mode
             "sanp") of that convolution: those pairs become SanpSEGatedConv2D ops
             computing their gate in the kernel. The others keep the gate in builtin ops.
+        fuse_adds: fuse a residual ADD after a SanpSEGatedConv2D into it
+            (`_fuse_residual_adds`); False keeps every ADD builtin (for comparison).
     """
     se_gates = se_gates or {}
     model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
@@ -307,9 +357,11 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
     if rewired:
         _rewire(model, subgraph, rewired)
         _drop_unused_ops(subgraph)
-        _check_order(model, subgraph)
+    if fuse_adds:
+        _fuse_residual_adds(model, subgraph)
+    _check_order(model, subgraph)
     constants = sorted({int(subgraph.tensors[t].buffer) for op in replaced.values()
-                        for t in op.inputs[2:]}
+                        for t in op.inputs[2:5]}
                        | {int(subgraph.tensors[op.inputs[1]].buffer) for op in replaced.values()
                           if len(op.outputs) == 2}
                        | {int(subgraph.tensors[op.inputs[1]].buffer) for op in inserted.values()})

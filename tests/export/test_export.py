@@ -96,7 +96,8 @@ def test_kernels_model_holds_custom_ops_and_needs_no_builtin_conv(tmp_path):
 def test_se_gates_leave_the_graph_for_the_kernels(plan, tmp_path, kernels_built):
     """A model of sanp layers keeps no gate op: custom ops compute every gate (a layer
     kept a builtin CONV_2D gets a SanpSEGate op), and the decisions outputs, rewired
-    from the removed gate ops, still match Keras."""
+    from the removed gate ops, still match Keras. The residual ADD (+ ReLU) after `b`
+    is fused into b's op, and the result still matches Keras."""
     inputs = keras.Input((8, 8, 3))
     x = sk.SPMConv2D(8, 3, padding="same", activation="relu", name="a")(inputs)
     y = sk.SPMConv2D(8, 3, padding="same", name="b")(x)
@@ -112,6 +113,7 @@ def test_se_gates_leave_the_graph_for_the_kernels(plan, tmp_path, kernels_built)
         assert ops.count("CONV_2D") == (1 if plan else 0)
         assert not {"LOGISTIC", "ARG_MAX", "ONE_HOT", "GREATER"} & set(ops)
         assert ops.count("MEAN") == ops.count("FULLY_CONNECTED") == 1  # the head only
+        assert "ADD" not in ops  # fused into b's op (plan: `a` builtin, `b` custom)
     x = _images(model)
     got = _run("kernels", path, x, kernels_built)
     want = flops.decision_function(model)(x)
@@ -119,6 +121,27 @@ def test_se_gates_leave_the_graph_for_the_kernels(plan, tmp_path, kernels_built)
         np.testing.assert_array_equal(got[f"decisions_{i:03d}"], np.asarray(want[name]))
         assert 0 < np.asarray(want[name]).mean() < 1  # gates that really choose
     np.testing.assert_allclose(got["output"], model.predict(x, verbose=0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["own_relu", "read_twice"])
+def test_residual_add_stays_builtin_where_fusing_would_change_the_result(variant, tmp_path,
+                                                                          kernels_built):
+    """The ADD after a sanp layer is fused only when the layer has no activation of its
+    own and the ADD is its output's only reader."""
+    inputs = keras.Input((8, 8, 3))
+    x = sk.SPMConv2D(8, 3, padding="same", activation="relu", name="a")(inputs)
+    y = sk.SPMConv2D(8, 3, padding="same", name="b",
+                     activation="relu" if variant == "own_relu" else None)(x)
+    x = keras.layers.ReLU()(keras.layers.Add()([x, y]))
+    if variant == "read_twice":
+        x = keras.layers.Concatenate()([x, y])
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    model = oracle.randomize_model(keras.Model(inputs, outputs), seed=3)
+    path = export.export_tflite(model, str(tmp_path / "k.tflite"), "kernels")
+    assert _op_names(path).count("ADD") == 1
+    x = _images(model)
+    got = _run("kernels", path, x, kernels_built)["output"]
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), rtol=1e-4, atol=1e-4)
 
 
 def test_kernel_time_counts_one_call_per_custom_op_and_runs(tmp_path, kernels_built):
