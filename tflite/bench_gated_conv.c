@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
   const int cases[][5] = {  /* size, C_in, C_out, live inputs, open outputs */
       {32, 16, 16, 16, 1}, {32, 16, 16, 1, 16}, {16, 32, 32, 32, 1}, {16, 32, 32, 1, 32},
       {8, 64, 64, 64, 1},  {8, 64, 64, 1, 64},  {32, 3, 16, 3, 16},   {32, 16, 16, 16, 16},
-      {16, 32, 32, 30, 32}, {8, 64, 64, 64, 64}};
+      {16, 32, 32, 30, 32}, {8, 64, 64, 64, 64}, {8, 64, 64, 40, 40}, {8, 64, 64, 64, 32}};
   printf("| input | live in | open out | MACs (k) | fused op us | GMAC/s | gate alone us |\n");
   printf("|---|---|---|---|---|---|---|\n");
   for (int k = 0; k < (int)(sizeof(cases) / sizeof(cases[0])); ++k) {
