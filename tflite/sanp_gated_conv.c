@@ -254,6 +254,65 @@ static void pack_map(const Geometry* g, const float* xs, const int* live, int k_
   }
 }
 
+/* out[r] = lane r of each of in[0..7]: an 8 x 8 transpose in registers (pairs of lanes,
+ * then of pairs, then of halves). */
+static inline void transpose8(const v8f in[8], v8f out[8]) {
+  v8f t[8], u[8];
+  for (int k = 0; k < 4; ++k) {
+    t[2 * k] = __builtin_shufflevector(in[2 * k], in[2 * k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[2 * k + 1] = __builtin_shufflevector(in[2 * k], in[2 * k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int k = 0; k < 2; ++k) {  /* u[4k + m]: lanes m and m + 4 of in[4k..4k+3] */
+    u[4 * k] = __builtin_shufflevector(t[4 * k], t[4 * k + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[4 * k + 1] = __builtin_shufflevector(t[4 * k], t[4 * k + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    u[4 * k + 2] = __builtin_shufflevector(t[4 * k + 1], t[4 * k + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[4 * k + 3] =
+        __builtin_shufflevector(t[4 * k + 1], t[4 * k + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  for (int m = 0; m < 4; ++m) {
+    out[m] = __builtin_shufflevector(u[m], u[4 + m], 0, 1, 2, 3, 8, 9, 10, 11);
+    out[m + 4] = __builtin_shufflevector(u[m], u[4 + m], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
+/* Writes the open filters as panels of 16 (taps, k_in, 16), lane n of panel m holding
+ * filter open[16 m + n] at the live inputs (0 past k_out). When every input is live and
+ * c_in is a multiple of 8, 8 filters x 8 weights are loaded as 8 filter-row vectors and
+ * transposed in registers; otherwise each (tap, live input) row of a panel is gathered
+ * from its 16 filters. */
+static void pack_panels(const Geometry* g, const float* ws, const int* open, int k_out,
+                        const int* live, int k_in, float* packed_w) {
+  const int taps = g->kh * g->kw, depth = taps * k_in, panels = (k_out + PANEL - 1) / PANEL;
+  const size_t filter_row = (size_t)taps * g->c_in;
+  for (int panel = 0; panel < panels; ++panel) {
+    const float* rows[PANEL];
+    for (int n = 0; n < PANEL; ++n) {
+      const int c = panel * PANEL + n;
+      rows[n] = c < k_out ? ws + (size_t)open[c] * filter_row : NULL;
+    }
+    float* dst = packed_w + (size_t)panel * depth * PANEL;
+    if (k_in == g->c_in && g->c_in % 8 == 0) {
+      const v8f zero = {0};
+      for (int half = 0; half < 2; ++half)
+        for (int e0 = 0; e0 < depth; e0 += 8) {
+          v8f in[8], out[8];
+          for (int n = 0; n < 8; ++n) {
+            const float* row = rows[half * 8 + n];
+            in[n] = row != NULL ? *(const v8f_unaligned*)(row + e0) : zero;
+          }
+          transpose8(in, out);
+          for (int e = 0; e < 8; ++e) *(v8f*)(dst + (size_t)(e0 + e) * PANEL + half * 8) = out[e];
+        }
+      continue;
+    }
+    for (int t = 0, e = 0; t < taps; ++t)
+      for (int r = 0; r < k_in; ++r, ++e) {
+        const size_t at = (size_t)t * g->c_in + live[r];
+        for (int n = 0; n < PANEL; ++n) dst[(size_t)e * PANEL + n] = rows[n] ? rows[n][at] : 0.0f;
+      }
+  }
+}
+
 /* Many pixels, few filters: the input is packed once, the open filters into panels. */
 static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const float* ws,
                                   const float* bs, const float* sc, const int* open,
@@ -273,14 +332,7 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
   }
   int* tap = pixel_offset + pixels;  /* offset of each window element in the packed map */
   pack_map(g, xs, live, k_in, k_in, hp, wp, packed_x);
-  memset(packed_w, 0, panel_bytes);  /* panels (taps, k_in, 16), zero in unused lanes */
-  for (int n = 0; n < k_out; ++n) {
-    const float* src = ws + (size_t)open[n] * taps * g->c_in;
-    float* dst = packed_w + (size_t)(n / PANEL) * taps * k_in * PANEL + n % PANEL;
-    for (int t = 0; t < taps; ++t)
-      for (int r = 0; r < k_in; ++r)
-        dst[((size_t)t * k_in + r) * PANEL] = src[(size_t)t * g->c_in + live[r]];
-  }
+  pack_panels(g, ws, open, k_out, live, k_in, packed_w);
   for (int i = 0; i < g->out_h; ++i)  /* where each output pixel's window starts */
     for (int j = 0; j < g->out_w; ++j)
       pixel_offset[i * g->out_w + j] = (i * g->sh * wp + j * g->sw) * k_in;
@@ -810,27 +862,6 @@ SanpStatus sanp_se_gate(const SanpTensor* x, const SanpTensor* gate, SanpTensor*
     return SANP_ERROR_SHAPE;
   return se_gate(&g, (const float*)x->data, (const float*)gate->data, gate->dims[0] - 1,
                  (float*)scale->data, (float*)decisions->data, NULL);
-}
-
-/* out[r] = lane r of each of in[0..7]: an 8 x 8 transpose in registers (pairs of lanes,
- * then of pairs, then of halves). */
-static inline void transpose8(const v8f in[8], v8f out[8]) {
-  v8f t[8], u[8];
-  for (int k = 0; k < 4; ++k) {
-    t[2 * k] = __builtin_shufflevector(in[2 * k], in[2 * k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-    t[2 * k + 1] = __builtin_shufflevector(in[2 * k], in[2 * k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
-  }
-  for (int k = 0; k < 2; ++k) {  /* u[4k + m]: lanes m and m + 4 of in[4k..4k+3] */
-    u[4 * k] = __builtin_shufflevector(t[4 * k], t[4 * k + 2], 0, 1, 8, 9, 4, 5, 12, 13);
-    u[4 * k + 1] = __builtin_shufflevector(t[4 * k], t[4 * k + 2], 2, 3, 10, 11, 6, 7, 14, 15);
-    u[4 * k + 2] = __builtin_shufflevector(t[4 * k + 1], t[4 * k + 3], 0, 1, 8, 9, 4, 5, 12, 13);
-    u[4 * k + 3] =
-        __builtin_shufflevector(t[4 * k + 1], t[4 * k + 3], 2, 3, 10, 11, 6, 7, 14, 15);
-  }
-  for (int m = 0; m < 4; ++m) {
-    out[m] = __builtin_shufflevector(u[m], u[4 + m], 0, 1, 2, 3, 8, 9, 10, 11);
-    out[m + 4] = __builtin_shufflevector(u[m], u[4 + m], 4, 5, 6, 7, 12, 13, 14, 15);
-  }
 }
 
 /* The unfolded input A of the last layout (blocks of 16 pixels, each (taps * c_in, 16))
