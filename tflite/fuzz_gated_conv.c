@@ -66,15 +66,16 @@ static void se_case(int iteration, const SanpTensor* x, const SanpTensor* filter
   SanpTensor gate = sanp_test_tensor(SANP_FLOAT32, 2, gd);
   SanpTensor decisions = sanp_test_tensor(SANP_FLOAT32, 2, dd);
   float* gs = gate.data;
-  const int closed = range(0, 4) == 0;  /* every score negative: only the best opens */
+  /* every score negative (only the best opens), every score positive, or random */
+  const int pick = range(0, 4), sign = pick == 0 ? -1 : pick == 1 ? 1 : 0;
   for (int i = 0; i < (hidden + 1) * columns; ++i) gs[i] = uniform();
   for (int r = 0; r < c_in + 1; ++r) gs[(size_t)hidden * columns + r] = 0.0f;
-  for (int c = 0; c < c_out && closed; ++c) {
+  for (int c = 0; c < c_out && sign != 0; ++c) {
     for (int j = 0; j < hidden; ++j) {
       float* w2 = gs + (size_t)j * columns + c_in + 1 + c;
-      *w2 = -fabsf(*w2);
+      *w2 = sign * fabsf(*w2);
     }
-    gs[(size_t)hidden * columns + c_in + 1 + c] = -1.0f - fabsf(uniform());
+    gs[(size_t)hidden * columns + c_in + 1 + c] = sign * (1.0f + fabsf(uniform()));
   }
   const float* xs = x->data;
   double s[128], hs[8], g[64];

@@ -313,10 +313,25 @@ static void pack_panels(const Geometry* g, const float* ws, const int* open, int
   }
 }
 
-/* Many pixels, few filters: the input is packed once, the open filters into panels. */
+/* d[0:16] = act((a + bias) * scale [+ r[0:16]]) for 16 consecutive channels. */
+static inline void store16(float* d, const float* r, v8f a0, v8f a1, const v8f bias[2],
+                           const v8f scale[2], int act) {
+  v8f y0 = (a0 + bias[0]) * scale[0], y1 = (a1 + bias[1]) * scale[1];
+  if (r != NULL) {
+    y0 += *(const v8f_unaligned*)r;
+    y1 += *(const v8f_unaligned*)(r + 8);
+  }
+  *(v8f_unaligned*)d = activate8(y0, act);
+  *(v8f_unaligned*)(d + 8) = activate8(y1, act);
+}
+
+/* Many pixels, few filters: the input is packed once, the open filters into panels; rs
+ * (when every panel is whole: 16 consecutive open channels) a residual added in the
+ * stores, before the activation. */
 static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const float* ws,
                                   const float* bs, const float* sc, const int* open,
-                                  int k_out, const int* live, int k_in, float* ys) {
+                                  int k_out, const int* live, int k_in, const float* rs,
+                                  float* ys) {
   const int pixels = g->out_h * g->out_w, taps = g->kh * g->kw;
   const int hp = (g->out_h - 1) * g->sh + g->kh, wp = (g->out_w - 1) * g->sw + g->kw;
   const int panels = (k_out + PANEL - 1) / PANEL;
@@ -372,19 +387,19 @@ static SanpStatus conv_pixel_rows(const Geometry* g, const float* xs, const floa
       v8f acc[ROWS][2];
       pixel_rows_kernel(a, tap, depth, weights, acc);
       if (whole && p0 + ROWS <= pixels) {  /* the common case, unrolled: acc stays in registers */
-        float* dst = ys + (size_t)p0 * g->c_out + open[panel * PANEL];
-        for (int m = 0; m < ROWS; ++m, dst += g->c_out) {
-          *(v8f_unaligned*)dst = activate8((acc[m][0] + bias_v[0]) * scale_v[0], g->act);
-          *(v8f_unaligned*)(dst + 8) = activate8((acc[m][1] + bias_v[1]) * scale_v[1], g->act);
+        for (int m = 0; m < ROWS; ++m) {
+          const size_t at = (size_t)(p0 + m) * g->c_out + open[panel * PANEL];
+          store16(ys + at, rs != NULL ? rs + at : NULL, acc[m][0], acc[m][1], bias_v, scale_v,
+                  g->act);
         }
         continue;
       }
       for (int m = 0; m < ROWS && p0 + m < pixels; ++m) {
         float* dst = ys + (size_t)(p0 + m) * g->c_out;
         if (whole) {  /* 16 consecutive open channels: two vector stores */
-          float* d = dst + open[panel * PANEL];
-          *(v8f_unaligned*)d = activate8((acc[m][0] + bias_v[0]) * scale_v[0], g->act);
-          *(v8f_unaligned*)(d + 8) = activate8((acc[m][1] + bias_v[1]) * scale_v[1], g->act);
+          const size_t at = (size_t)(p0 + m) * g->c_out + open[panel * PANEL];
+          store16(ys + at, rs != NULL ? rs + at : NULL, acc[m][0], acc[m][1], bias_v, scale_v,
+                  g->act);
           continue;
         }
         for (int l = 0; l < lanes; ++l) {
@@ -674,7 +689,7 @@ static SanpStatus check_conv(const SanpTensor* x, const SanpTensor* filter,
 
 static SanpStatus gated_conv(const Geometry* gp, const float* xs, const float* sc,
                              const float* ws, const float* bs, const int* live_flags,
-                             float* ys);
+                             const float* rs, float* ys);
 
 SanpStatus sanp_gated_conv2d(const SanpTensor* x, const SanpTensor* scale,
                              const SanpTensor* filter, const SanpTensor* bias,
@@ -686,7 +701,7 @@ SanpStatus sanp_gated_conv2d(const SanpTensor* x, const SanpTensor* scale,
   if (scale->dims[0] * scale->dims[1] * scale->dims[2] != 1 || scale->dims[3] != g.c_out)
     return SANP_ERROR_SHAPE;
   return gated_conv(&g, (const float*)x->data, (const float*)scale->data,
-                    (const float*)filter->data, (const float*)bias->data, NULL,
+                    (const float*)filter->data, (const float*)bias->data, NULL, NULL,
                     (float*)out->data);
 }
 
@@ -828,8 +843,6 @@ SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
     for (int i = 0; i < 4; ++i)
       if (residual->dims[i] != out->dims[i]) return SANP_ERROR_SHAPE;
   }
-  const int act = g.act;
-  if (residual != NULL) g.act = 0;  /* the activation comes after the addition */
   float* scale = malloc(sizeof(float) * (size_t)g.c_out + sizeof(int) * (size_t)g.c_in);
   if (scale == NULL) return SANP_ERROR_MEMORY;
   int* live = (int*)(scale + g.c_out);
@@ -837,10 +850,8 @@ SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
               (float*)decisions->data, live);
   if (s == SANP_OK)
     s = gated_conv(&g, (const float*)x->data, scale, (const float*)filter->data,
-                   (const float*)bias->data, live, (float*)out->data);
-  if (s == SANP_OK && residual != NULL)
-    add_residual((float*)out->data, (const float*)residual->data,
-                 (size_t)g.out_h * g.out_w * g.c_out, act);
+                   (const float*)bias->data, live,
+                   residual != NULL ? (const float*)residual->data : NULL, (float*)out->data);
   free(scale);
   return s;
 }
@@ -897,11 +908,31 @@ static void unfold_transposed(const Geometry* g, const float* xs, int pixels, si
     }
 }
 
+static SanpStatus gated_layouts(const Geometry* gp, const float* xs, const float* sc,
+                                const float* ws, const float* bs, const int* live_flags,
+                                int act, const float** residual, float* ys);
+
 /* The convolution over the open channels (sc != 0) and live inputs, checked geometry;
- * live_flags: which inputs are live (c_in flags) when the caller knows, else NULL. */
+ * live_flags: which inputs are live (c_in flags) when the caller knows, else NULL; rs:
+ * NULL, or a residual (the output's shape) added before the activation: in the stores
+ * of the pixel-row layout when every channel is open, else in a pass after. */
 static SanpStatus gated_conv(const Geometry* gp, const float* xs, const float* sc,
                              const float* ws, const float* bs, const int* live_flags,
-                             float* ys) {
+                             const float* rs, float* ys) {
+  Geometry g = *gp;
+  if (rs != NULL) g.act = 0;  /* the activation comes after the addition */
+  const float* pending = rs;
+  SanpStatus s = gated_layouts(&g, xs, sc, ws, bs, live_flags, gp->act, &pending, ys);
+  if (s == SANP_OK && pending != NULL)
+    add_residual(ys, pending, (size_t)g.out_h * g.out_w * g.c_out, gp->act);
+  return s;
+}
+
+/* The layouts of gated_conv; *residual (with activation `act` after it) is added by
+ * the layout and set to NULL where it can be, in its stores. */
+static SanpStatus gated_layouts(const Geometry* gp, const float* xs, const float* sc,
+                                const float* ws, const float* bs, const int* live_flags,
+                                int act, const float** residual, float* ys) {
   const Geometry g = *gp;
   SanpStatus s;
   const int pixels = g.out_h * g.out_w, taps = g.kh * g.kw;
@@ -937,7 +968,14 @@ static SanpStatus gated_conv(const Geometry* gp, const float* xs, const float* s
   /* early layers: packing the few filters is cheap; with few live inputs the output's
    * whole-vector stores outweigh packing the filters */
   if (pixels >= 4 * k_out || (pixels >= k_out && k_in <= 16)) {
-    s = conv_pixel_rows(&g, xs, ws, bs, sc, open, k_out, live, k_in, ys);
+    if (*residual != NULL && k_out == g.c_out && k_out % PANEL == 0) {  /* stores all whole */
+      Geometry with_act = g;
+      with_act.act = act;
+      s = conv_pixel_rows(&with_act, xs, ws, bs, sc, open, k_out, live, k_in, *residual, ys);
+      *residual = NULL;
+    } else {
+      s = conv_pixel_rows(&g, xs, ws, bs, sc, open, k_out, live, k_in, NULL, ys);
+    }
     free(open);
     return s;
   }
