@@ -773,7 +773,8 @@ static void channel_sums(const float* xs, size_t pixels, int c, float* s, int* l
   }
 }
 
-/* The layer's gate from x: its scale and decisions, each (c_out); see the header. With
+/* The layer's gate from x: its scale and decisions (unless NULL), each (c_out); see the
+ * header. With
  * `live` not NULL, also which input channels are live (c_in flags), from the same pass. */
 static SanpStatus se_gate(const Geometry* g, const float* xs, const float* gate, int hidden,
                           float* scale, float* decisions, int* live) {
@@ -810,8 +811,9 @@ static SanpStatus se_gate(const Geometry* g, const float* xs, const float* gate,
     if (scale[c] > scale[best]) best = c;  /* the first highest score, as argmax */
   for (int c = 0; c < c_out; ++c) {
     const float score = scale[c];
-    decisions[c] = score > 0.0f || c == best ? 1.0f : 0.0f;
-    scale[c] = decisions[c] != 0.0f ? 1.0f / (1.0f + expf(-score)) : 0.0f;
+    const int open = score > 0.0f || c == best;
+    if (decisions != NULL) decisions[c] = open ? 1.0f : 0.0f;
+    scale[c] = open ? 1.0f / (1.0f + expf(-score)) : 0.0f;
   }
   free(s);
   return SANP_OK;
@@ -834,9 +836,9 @@ SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
   SanpStatus s = check_conv(x, filter, bias, params, out, &g);
   if (s != SANP_OK) return s;
   if ((s = check(gate, SANP_FLOAT32, 2)) != SANP_OK) return s;
-  if ((s = check(decisions, SANP_FLOAT32, 2)) != SANP_OK) return s;
+  if (decisions != NULL && (s = check(decisions, SANP_FLOAT32, 2)) != SANP_OK) return s;
   if (gate->dims[0] < 2 || gate->dims[1] != g.c_in + 1 + g.c_out ||
-      decisions->dims[0] != 1 || decisions->dims[1] != g.c_out)
+      (decisions != NULL && (decisions->dims[0] != 1 || decisions->dims[1] != g.c_out)))
     return SANP_ERROR_SHAPE;
   if (residual != NULL) {
     if ((s = check(residual, SANP_FLOAT32, 4)) != SANP_OK) return s;
@@ -847,7 +849,7 @@ SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
   if (scale == NULL) return SANP_ERROR_MEMORY;
   int* live = (int*)(scale + g.c_out);
   s = se_gate(&g, (const float*)x->data, (const float*)gate->data, gate->dims[0] - 1, scale,
-              (float*)decisions->data, live);
+              decisions != NULL ? (float*)decisions->data : NULL, live);
   if (s == SANP_OK)
     s = gated_conv(&g, (const float*)x->data, scale, (const float*)filter->data,
                    (const float*)bias->data, live,
@@ -862,17 +864,17 @@ SanpStatus sanp_se_gate(const SanpTensor* x, const SanpTensor* gate, SanpTensor*
   if ((s = check(x, SANP_FLOAT32, 4)) != SANP_OK) return s;
   if ((s = check(gate, SANP_FLOAT32, 2)) != SANP_OK) return s;
   if ((s = check(scale, SANP_FLOAT32, 3)) != SANP_OK) return s;
-  if ((s = check(decisions, SANP_FLOAT32, 2)) != SANP_OK) return s;
+  if (decisions != NULL && (s = check(decisions, SANP_FLOAT32, 2)) != SANP_OK) return s;
   Geometry g;
   memset(&g, 0, sizeof(g));
   g.h = x->dims[1]; g.w = x->dims[2]; g.c_in = x->dims[3];
   g.c_out = gate->dims[1] - g.c_in - 1;
   if (x->dims[0] != 1 || gate->dims[0] < 2 || g.c_out < 1 || scale->dims[0] != 1 ||
-      scale->dims[1] != 1 || scale->dims[2] != g.c_out || decisions->dims[0] != 1 ||
-      decisions->dims[1] != g.c_out)
+      scale->dims[1] != 1 || scale->dims[2] != g.c_out ||
+      (decisions != NULL && (decisions->dims[0] != 1 || decisions->dims[1] != g.c_out)))
     return SANP_ERROR_SHAPE;
   return se_gate(&g, (const float*)x->data, (const float*)gate->data, gate->dims[0] - 1,
-                 (float*)scale->data, (float*)decisions->data, NULL);
+                 (float*)scale->data, decisions != NULL ? (float*)decisions->data : NULL, NULL);
 }
 
 /* The unfolded input A of the last layout (blocks of 16 pixels, each (taps * c_in, 16))

@@ -57,7 +57,8 @@ SanpStatus sanp_gated_conv2d(const SanpTensor* x, const SanpTensor* scale,
  *   least one channel), else 0;  scale[c] = decisions[c] * sigmoid(g[c]),
  * then the convolution above with that scale. gate (hidden + 1, C_in + 1 + C_out) f32
  * holds the weights: row j < hidden is [W1[:, j], b1[j], W2[j, :]], the last row
- * [0 (C_in + 1 values), b2]. decisions (1, C_out) f32 receives the decisions.
+ * [0 (C_in + 1 values), b2]. decisions (1, C_out) f32 receives the decisions (NULL: not
+ * wanted, as in a model that outputs none).
  * residual: NULL, or a (1, H_out, W_out, C_out) f32 tensor added before the activation
  * (a residual block's shortcut: out = act((conv + b) * scale + residual), the ADD
  * after the layer fused in). */
@@ -68,7 +69,7 @@ SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
 
 /* The gate alone (SanpSEGate), for a layer kept a builtin convolution times its gate:
  * x (1, H, W, C_in) and gate as above (C_out from its width) give scale (1, 1, C_out)
- * and decisions (1, C_out). */
+ * and decisions (1, C_out) (NULL: not wanted). */
 SanpStatus sanp_se_gate(const SanpTensor* x, const SanpTensor* gate, SanpTensor* scale,
                         SanpTensor* decisions);
 

@@ -1,11 +1,12 @@
 /* LiteRT glue: the custom ops (CustomOpDispatcher) and a small runner.
  *
  * SanpGatedConv2D: inputs (x, scale, filter, bias, params), one output.
- * SanpSEGatedConv2D: inputs (x, gate, filter, bias, params[, residual]), outputs (y,
- * decisions): the same convolution with the layer's SE gate computed in the kernel from
+ * SanpSEGatedConv2D: inputs (x, gate, filter, bias, params[, residual]), outputs (y[,
+ * decisions]): the same convolution with the layer's SE gate computed in the kernel from
  * x, and a residual block's shortcut added before the activation when given.
- * SanpSEGate: inputs (x, gate), outputs (scale, decisions): the gate alone, for a layer
- * kept a builtin convolution.
+ * SanpSEGate: inputs (x, gate), outputs (scale[, decisions]): the gate alone, for a layer
+ * kept a builtin convolution. Each tensor of a call costs the dispatcher a buffer, so
+ * the export leaves out the decisions where nothing reads them.
  * See sanp_gated_conv.h. Register all three on LiteRtOptions with sanp_register_kernels()
  * before compiling a model exported with kind="kernels". The runner wraps the
  * CompiledModel API for ctypes (sanp_keras.export.KernelRunner) and for the latency
@@ -61,18 +62,19 @@ typedef enum { OP_GATED_CONV, OP_SE_GATED_CONV, OP_SE_GATE } OpKind;
 static const OpKind kKinds[3] = {OP_GATED_CONV, OP_SE_GATED_CONV, OP_SE_GATE};
 static const size_t kInputs[3] = {5, 5, 2}, kOutputs[3] = {1, 2, 2};
 
-/* Whether an op of `kind` takes `n` inputs: SanpSEGatedConv2D takes a sixth, optional
- * one, the residual added before the activation. */
-static int takes_inputs(OpKind kind, size_t n) {
-  return n == kInputs[kind] || (kind == OP_SE_GATED_CONV && n == kInputs[kind] + 1);
+/* Whether an op of `kind` takes `n_in` inputs and `n_out` outputs: SanpSEGatedConv2D
+ * takes a sixth, optional input, the residual added before the activation; the SE ops'
+ * decisions output is optional (left out where nothing reads it). */
+static int takes(OpKind kind, size_t n_in, size_t n_out) {
+  const int inputs = n_in == kInputs[kind] || (kind == OP_SE_GATED_CONV && n_in == 6);
+  return inputs && (n_out == kOutputs[kind] || (kind != OP_GATED_CONV && n_out == 1));
 }
 
 static LiteRtStatus op_output_layouts(void* user_data, size_t num_inputs,
                                       const LiteRtLayout* inputs, size_t num_outputs,
                                       LiteRtLayout* outputs) {
   const OpKind kind = *(const OpKind*)user_data;
-  if (!takes_inputs(kind, num_inputs) || num_outputs != kOutputs[kind])
-    return kLiteRtStatusErrorInvalidArgument;
+  if (!takes(kind, num_inputs, num_outputs)) return kLiteRtStatusErrorInvalidArgument;
   int32_t dims[4];
   if (kind == OP_SE_GATE) {  /* C_out: the gate's width less C_in + 1 */
     if (inputs[0].rank != 4 || inputs[1].rank != 2) return kLiteRtStatusErrorInvalidArgument;
@@ -122,8 +124,8 @@ static LiteRtStatus op_run(void* user_data, size_t num_inputs,
                            const LiteRtTensorBuffer* inputs, size_t num_outputs,
                            LiteRtTensorBuffer* outputs) {
   const OpKind kind = *(const OpKind*)user_data;
-  const size_t n_in = num_inputs, n = n_in + kOutputs[kind];
-  if (!takes_inputs(kind, num_inputs) || num_outputs != kOutputs[kind]) {
+  const size_t n_in = num_inputs, n = n_in + num_outputs;
+  if (!takes(kind, num_inputs, num_outputs)) {
     last_status = SANP_ERROR_RANK;
     return kLiteRtStatusErrorInvalidArgument;
   }
@@ -143,10 +145,11 @@ static LiteRtStatus op_run(void* user_data, size_t num_inputs,
         break;
       case OP_SE_GATED_CONV:
         last_status = sanp_se_gated_conv2d(&t[0], &t[1], &t[2], &t[3], &t[4],
-                                           n_in == 6 ? &t[5] : NULL, &t[n_in], &t[n_in + 1]);
+                                           n_in == 6 ? &t[5] : NULL, &t[n_in],
+                                           num_outputs == 2 ? &t[n_in + 1] : NULL);
         break;
       case OP_SE_GATE:
-        last_status = sanp_se_gate(&t[0], &t[1], &t[2], &t[3]);
+        last_status = sanp_se_gate(&t[0], &t[1], &t[2], num_outputs == 2 ? &t[3] : NULL);
         break;
     }
     kernel_ms += now_ms() - start;

@@ -80,6 +80,12 @@ def _add_constant(model, subgraph, array, name):
     return len(subgraph.tensors) - 1
 
 
+def _opcodes(model, *names):
+    """The indices of the operator codes of the custom ops named (none created)."""
+    return {i for i, code in enumerate(model.operatorCodes)
+            if code.customCode in {*names, *(name.encode() for name in names)}}
+
+
 def _custom_opcode(model, name=CUSTOM_CODE):
     for index, code in enumerate(model.operatorCodes):
         if code.customCode in (name, name.encode()):
@@ -226,8 +232,7 @@ def _fuse_residual_adds(model, subgraph):
         for t in op.inputs:
             readers.setdefault(int(t), []).append(index)
     graph_outputs = {int(t) for t in subgraph.outputs}
-    se_codes = {i for i, code in enumerate(model.operatorCodes)
-                if code.customCode in (SE_CUSTOM_CODE, SE_CUSTOM_CODE.encode())}
+    se_codes = _opcodes(model, SE_CUSTOM_CODE)
     fused = set()
     for index, op in enumerate(ops):
         if op.opcodeIndex not in se_codes or len(op.inputs) != 5:
@@ -254,6 +259,18 @@ def _fuse_residual_adds(model, subgraph):
         fused.add(readers[y][0])
     subgraph.operators = [op for i, op in enumerate(ops) if i not in fused]
     return len(fused)
+
+
+def _drop_unread_decisions(model, subgraph):
+    """Leaves out the decisions output of each SE op that nothing reads (a model without
+    decision outputs or depthwise layers): the dispatcher makes a buffer for every tensor
+    of a call, a fraction of a microsecond each."""
+    read = {int(t) for t in subgraph.outputs}
+    read.update(int(t) for op in subgraph.operators for t in op.inputs if t >= 0)
+    se_codes = _opcodes(model, SE_CUSTOM_CODE, GATE_CUSTOM_CODE)
+    for op in subgraph.operators:
+        if op.opcodeIndex in se_codes and len(op.outputs) == 2 and int(op.outputs[1]) not in read:
+            op.outputs = np.asarray(op.outputs[:1], np.int32)
 
 
 def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None, fuse_adds=True):
@@ -359,11 +376,13 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None, fuse_add
         _drop_unused_ops(subgraph)
     if fuse_adds:
         _fuse_residual_adds(model, subgraph)
+    _drop_unread_decisions(model, subgraph)
     _check_order(model, subgraph)
+    se_codes = _opcodes(model, SE_CUSTOM_CODE)  # their second input is the gate's table
     constants = sorted({int(subgraph.tensors[t].buffer) for op in replaced.values()
                         for t in op.inputs[2:5]}
                        | {int(subgraph.tensors[op.inputs[1]].buffer) for op in replaced.values()
-                          if len(op.outputs) == 2}
+                          if op.opcodeIndex in se_codes}
                        | {int(subgraph.tensors[op.inputs[1]].buffer) for op in inserted.values()})
     return _pack_with_aligned_buffers(model, constants)
 

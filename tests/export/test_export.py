@@ -83,6 +83,16 @@ def _op_names(path):
             or names[max(c.builtinCode, c.deprecatedBuiltinCode)] for c in codes]
 
 
+def _custom_output_counts(path):
+    """{number of outputs} of the model's custom ops."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        fb = schema.ModelT.InitFromPackedBuf(bytearray(f.read()), 0)
+    return {len(op.outputs) for op in fb.subgraphs[0].operators
+            if fb.operatorCodes[op.opcodeIndex].customCode}
+
+
 def test_kernels_model_holds_custom_ops_and_needs_no_builtin_conv(tmp_path):
     model = _direct_model()
     ops = _op_names(export.export_tflite(model, str(tmp_path / "k.tflite"), "kernels"))
@@ -97,7 +107,8 @@ def test_se_gates_leave_the_graph_for_the_kernels(plan, tmp_path, kernels_built)
     """A model of sanp layers keeps no gate op: custom ops compute every gate (a layer
     kept a builtin CONV_2D gets a SanpSEGate op), and the decisions outputs, rewired
     from the removed gate ops, still match Keras. The residual ADD (+ ReLU) after `b`
-    is fused into b's op, and the result still matches Keras."""
+    is fused into b's op, and the result still matches Keras. Without decision outputs
+    the ops make no decisions tensor."""
     inputs = keras.Input((8, 8, 3))
     x = sk.SPMConv2D(8, 3, padding="same", activation="relu", name="a")(inputs)
     y = sk.SPMConv2D(8, 3, padding="same", name="b")(x)
@@ -114,6 +125,7 @@ def test_se_gates_leave_the_graph_for_the_kernels(plan, tmp_path, kernels_built)
         assert not {"LOGISTIC", "ARG_MAX", "ONE_HOT", "GREATER"} & set(ops)
         assert ops.count("MEAN") == ops.count("FULLY_CONNECTED") == 1  # the head only
         assert "ADD" not in ops  # fused into b's op (plan: `a` builtin, `b` custom)
+        assert _custom_output_counts(path) == {2 if decisions else 1}  # unread: left out
     x = _images(model)
     got = _run("kernels", path, x, kernels_built)
     want = flops.decision_function(model)(x)
