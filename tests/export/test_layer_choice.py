@@ -57,6 +57,19 @@ def test_measured_plan_takes_the_faster_form(kind, slow, monkeypatch, tmp_path):
                                rtol=1e-4, atol=1e-4)
 
 
+def test_measured_plan_keeps_a_kernel_only_if_clearly_faster(monkeypatch):
+    # Stand-in clock: the custom op is 5 % faster in layer "valid" (a tie: builtin wins,
+    # KERNEL_MARGIN), 20 % faster elsewhere (kept).
+    def timer(path, custom_ops=False):
+        kernel = "_kernel." in path
+        return lambda x, runs: 1.0 if not kernel else 0.95 if "_valid_" in path else 0.8
+
+    monkeypatch.setattr(layer_choice, "_timer", timer)
+    model = _direct_model()
+    plan = layer_choice.measured_plan(model, "kernels", _images(model), samples=1, runs=1)
+    assert plan == {"s2": False, "valid": True, "k": False, "fbs": False}
+
+
 @pytest.mark.parametrize("kind", ["portable", "kernels"])
 def test_measured_exports_match_keras(kind, tmp_path):
     export.build_kernels()
