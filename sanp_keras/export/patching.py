@@ -250,11 +250,11 @@ def _fuse_residual_adds(model, subgraph):
         if (other == y or position.get(other, -1) >= index
                 or list(subgraph.tensors[other].shape) != list(subgraph.tensors[y].shape)):
             continue
-        params = params.reshape(subgraph.tensors[op.inputs[4]].shape).copy()
-        params.flat[4] = _ACTIVATIONS[add.builtinOptions.fusedActivationFunction]
-        op.inputs = np.asarray([*op.inputs[:4],
-                                _add_constant(model, subgraph, params, f"sanp_params_add_{index}"),
-                                other], np.int32)
+        params = params.copy()  # the op's own constant (made for it), rewritten in place
+        params[4] = _ACTIVATIONS[add.builtinOptions.fusedActivationFunction]
+        model.buffers[subgraph.tensors[op.inputs[4]].buffer].data = np.frombuffer(
+            params.tobytes(), np.uint8)
+        op.inputs = np.asarray([*op.inputs, other], np.int32)
         op.outputs = np.asarray([int(add.outputs[0]), *op.outputs[1:]], np.int32)
         fused.add(readers[y][0])
     subgraph.operators = [op for i, op in enumerate(ops) if i not in fused]
