@@ -30,7 +30,6 @@ static unsigned next(void) {
 static int range(int lo, int hi) { return lo + (int)(next() % (unsigned)(hi - lo + 1)); }
 static float uniform(void) { return (float)(next() % 20001) / 10000.0f - 1.0f; }
 
-
 static float reference(const float* x, const float* w, int h, int wd, int c_in, int kh, int kw,
                        int sh, int sw, int pt, int pl, int oh, int ow, int c) {
   double acc = 0.0;
