@@ -720,10 +720,7 @@ static void channel_sums(const float* xs, size_t pixels, int c, float* s, int* l
     v8f a[8] = {{0}};
     v8u o[8] = {{0}};
     size_t i = 0;
-    if (chains == 8 && live == NULL)
-      for (; i + 8 <= vectors; i += 8)
-        for (int k = 0; k < 8; ++k) a[k] += *(const v8f_unaligned*)(xs + (i + k) * 8);
-    if (chains == 8)
+    if (chains == 8)  /* the common case, unrolled: sums and ORs stay in registers */
       for (; i + 8 <= vectors; i += 8)
         for (int k = 0; k < 8; ++k) {
           const v8f v = *(const v8f_unaligned*)(xs + (i + k) * 8);

@@ -87,9 +87,10 @@ def _opcodes(model, *names):
 
 
 def _custom_opcode(model, name=CUSTOM_CODE):
-    for index, code in enumerate(model.operatorCodes):
-        if code.customCode in (name, name.encode()):
-            return index
+    """The index of the custom op's operator code, added if the model has none."""
+    found = _opcodes(model, name)
+    if found:
+        return min(found)
     code = schema.OperatorCodeT()
     code.builtinCode = schema.BuiltinOperator.CUSTOM
     code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
@@ -224,7 +225,7 @@ def _fuse_residual_adds(model, subgraph):
     """Fuses into each SanpSEGatedConv2D (five inputs, activation NONE) the ADD that is
     the only reader of its output, when the ADD's other operand has the same shape and
     is made before the op: the op's sixth input becomes that operand, its activation
-    the ADD's, its output the ADD's. Returns the number of ADDs fused."""
+    the ADD's, its output the ADD's."""
     ops = subgraph.operators
     position = {int(t): i for i, op in enumerate(ops) for t in op.outputs}
     readers = {}
@@ -258,7 +259,6 @@ def _fuse_residual_adds(model, subgraph):
         op.outputs = np.asarray([int(add.outputs[0]), *op.outputs[1:]], np.int32)
         fused.add(readers[y][0])
     subgraph.operators = [op for i, op in enumerate(ops) if i not in fused]
-    return len(fused)
 
 
 def _drop_unread_decisions(model, subgraph):
@@ -273,7 +273,7 @@ def _drop_unread_decisions(model, subgraph):
             op.outputs = np.asarray(op.outputs[:1], np.int32)
 
 
-def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None, fuse_adds=True):
+def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
     """Returns `flatbuffer` with every CONV_2D -> MUL(scale) pair fused into a custom op.
 
     Args:
@@ -283,8 +283,6 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None, fuse_add
         se_gates: dict from `filter_key(folded kernel)` to the FoldedGate (mode
             "sanp") of that convolution: those pairs become SanpSEGatedConv2D ops
             computing their gate in the kernel. The others keep the gate in builtin ops.
-        fuse_adds: fuse a residual ADD after a SanpSEGatedConv2D into it
-            (`_fuse_residual_adds`); False keeps every ADD builtin (for comparison).
     """
     se_gates = se_gates or {}
     model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
@@ -374,8 +372,7 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None, fuse_add
     if rewired:
         _rewire(model, subgraph, rewired)
         _drop_unused_ops(subgraph)
-    if fuse_adds:
-        _fuse_residual_adds(model, subgraph)
+    _fuse_residual_adds(model, subgraph)
     _drop_unread_decisions(model, subgraph)
     _check_order(model, subgraph)
     se_codes = _opcodes(model, SE_CUSTOM_CODE)  # their second input is the gate's table
