@@ -37,6 +37,7 @@ _GATE_OPTIONS = (
     "discrete_fraction",
     "gate_bias_init",
     "gate_bias_spread",
+    "gate_rescale",
     "seed",
 )
 
@@ -161,7 +162,7 @@ def convert(model, mode="sanp", on_unsupported="warn", **gate_options):
             a warning naming it and why) or `"raise"` (a `ValueError` instead).
         **gate_options: passed to every `SPMConv2D`: `reduction`, `min_hidden`,
             `keep_ratio`, `noise_stddev`, `discrete_fraction`, `gate_bias_init`,
-            `gate_bias_spread`, `seed`.
+            `gate_bias_spread`, `gate_rescale`, `seed`.
 
     Returns:
         A new functional `keras.Model`; the original is left untouched.

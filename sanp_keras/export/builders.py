@@ -32,7 +32,8 @@ KINDS = ("portable", "masked", "kernels")
 def gate_scale(x, gate):
     """The gate at inference, in TF ops: (decisions, scale), each (B, C_out).
 
-    scale = d * sigmoid(g) (METHOD.md eq. 5-6), d * g for fbs; d = 1[g > 0], the
+    scale = d * sigmoid(g) (METHOD.md eq. 5-6), d * g for fbs, d for a gate with
+    `rescale="none"`; d = 1[g > 0], the
     best channel always open (sanp, static); the top k scores (fixed_k; fbs: those
     above 0, and the best); all ones (dense).
     """
@@ -53,13 +54,15 @@ def gate_scale(x, gate):
         won = g >= kth
         if gate.mode == "fixed_k":
             d = tf.cast(won, x.dtype)
-            return d, d * tf.sigmoid(g)
+            return d, d if gate.rescale == "none" else d * tf.sigmoid(g)
         won = tf.logical_and(won, g > 0)  # fbs: the top k with a non-zero score
     else:
         won = g > 0
     best = tf.one_hot(tf.argmax(g, axis=-1), gate.units, dtype=x.dtype)
     d = tf.maximum(tf.cast(won, x.dtype), best)
-    return d, d * (g if gate.mode == "fbs" else tf.sigmoid(g))
+    if gate.mode == "fbs":
+        return d, d * g
+    return d, d if gate.rescale == "none" else d * tf.sigmoid(g)
 
 
 def _channels(v, rank):

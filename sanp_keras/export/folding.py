@@ -30,6 +30,7 @@ class FoldedGate:
     only excite_kernel (C_in, C_out) and excite_bias, on mean |x|.
     static_scores (C_out,): static mode, computed once from its learned input.
     k: channels kept by fixed_k and fbs.
+    rescale: "sigmoid" (a kept channel scaled by sigmoid(g)) or "none" (unscaled).
     """
 
     mode: str
@@ -40,6 +41,7 @@ class FoldedGate:
     excite_bias: np.ndarray = None
     static_scores: np.ndarray = None
     k: int = None
+    rescale: str = "sigmoid"
 
     def scores(self, x):
         """NumPy oracle of g for a batch `x` (B, H, W, C_in): (B, C_out)."""
@@ -109,7 +111,7 @@ def _fold_bn(kernel, bias, bn):
 
 def fold_gate(gate):
     """The FoldedGate of a SaliencyGate."""
-    folded = FoldedGate(mode=gate.mode, units=gate.units)
+    folded = FoldedGate(mode=gate.mode, units=gate.units, rescale=gate.rescale)
     if gate.mode in ("sanp", "fixed_k"):
         folded.squeeze_kernel = np.asarray(gate.squeeze_kernel, np.float32)
         folded.squeeze_bias = np.asarray(gate.squeeze_bias, np.float32)

@@ -124,10 +124,11 @@ def filter_key(kernel):
 def se_gates_of(folded_convs):
     """The `se_gates` of `gated_convs_to_custom_ops` for FoldedConvs: every "sanp"
     layer whose kernel no other of them shares (two layers, one filter: both keep
-    their gate in builtin ops, exact either way)."""
+    their gate in builtin ops, exact either way). The kernels' gate scales by
+    sigmoid(g): a gate with `rescale="none"` stays in builtin ops."""
     gates, seen = {}, set()
     for folded in folded_convs:
-        if folded.gate.mode != "sanp":
+        if folded.gate.mode != "sanp" or folded.gate.rescale != "sigmoid":
             continue
         key = filter_key(folded.kernel)
         if key in seen:

@@ -9,6 +9,8 @@ from sanp_keras.layers import _checks
 from sanp_keras.layers.binarize import hard_decisions
 from sanp_keras.layers.binarize import improved_semantic_hash
 
+RESCALES = ("sigmoid", "none")
+
 
 @keras.saving.register_keras_serializable(package="sanp_keras")
 class SaliencyGate(keras.layers.Layer):
@@ -64,6 +66,8 @@ class SaliencyGate(keras.layers.Layer):
         fbs_l1: weight of FBS's lasso on the saliencies (its paper uses 1e-8).
         fbs_bias_init: FBS's `c` starts uniform in `fbs_bias_init +- 0.1`, so a fresh
             gate scales channels by about 1 (FBS's `g` replaces the BN scale).
+        rescale: `"sigmoid"` (the paper: a kept channel is scaled by `sigmoid(g)`) or
+            `"none"` (kept channels unscaled; sanp, static and fixed_k).
 
     Input shape:
         4D tensor `(batch, height, width, channels)`.
@@ -96,6 +100,7 @@ class SaliencyGate(keras.layers.Layer):
         seed=None,
         fbs_l1=1e-8,
         fbs_bias_init=1.0,
+        rescale="sigmoid",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -121,6 +126,11 @@ class SaliencyGate(keras.layers.Layer):
             "fbs_l1", fbs_l1, 0.0, math.inf, low_open=False, high_open=True
         )
         self.fbs_bias_init = float(fbs_bias_init)
+        if rescale not in RESCALES:
+            raise ValueError(
+                f"Invalid value for argument `rescale`. Expected one of {RESCALES}. "
+                f"Received: rescale={rescale!r}")
+        self.rescale = rescale
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     @property
@@ -218,9 +228,12 @@ class SaliencyGate(keras.layers.Layer):
         return (ops.matmul(h, self.excite_kernel) + self.excite_bias)[0]
 
     def scale(self, scores):
-        """The factor on each kept channel: `sigmoid(g)` (SANP eq. 4), `g` for FBS."""
+        """The factor on each kept channel: `sigmoid(g)` (SANP eq. 4), `g` for FBS; 1
+        with `rescale="none"` (the gradient then reaches the gate through ISH alone)."""
         if self.mode == "fbs":
             return scores
+        if self.rescale == "none":
+            return ops.ones_like(scores)
         return ops.sigmoid(scores)
 
     def call(self, inputs, training=None):
@@ -267,6 +280,7 @@ class SaliencyGate(keras.layers.Layer):
                 "seed": self.seed,
                 "fbs_l1": self.fbs_l1,
                 "fbs_bias_init": self.fbs_bias_init,
+                "rescale": self.rescale,
             }
         )
         return config

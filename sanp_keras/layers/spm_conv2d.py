@@ -42,8 +42,8 @@ class SPMConv2D(keras.layers.Layer):
         use_batch_norm: whether a BatchNormalization follows the convolution.
         bn_momentum, bn_epsilon, bn_center, bn_scale: its arguments.
         mode, reduction, min_hidden, keep_ratio, noise_stddev, discrete_fraction,
-        gate_bias_init, gate_bias_spread, seed: the gate's arguments (see
-            `SaliencyGate`).
+        gate_bias_init, gate_bias_spread, gate_rescale, seed: the gate's arguments
+            (see `SaliencyGate`; `gate_rescale` is its `rescale`).
         backbone_trainable: whether the convolution and batch norm train; False
             trains the gate alone (the paper's warm-up). Saved with the layer.
 
@@ -91,6 +91,7 @@ class SPMConv2D(keras.layers.Layer):
         discrete_fraction=0.5,
         gate_bias_init=3.0,
         gate_bias_spread=1.0,
+        gate_rescale="sigmoid",
         seed=None,
         backbone_trainable=True,
         **kwargs,
@@ -139,6 +140,7 @@ class SPMConv2D(keras.layers.Layer):
             discrete_fraction=discrete_fraction,
             bias_init=gate_bias_init,
             bias_spread=gate_bias_spread,
+            rescale=gate_rescale,
             seed=seed,
             name="gate",
         )
@@ -258,6 +260,7 @@ class SPMConv2D(keras.layers.Layer):
                 "backbone_trainable": self.backbone_trainable,
                 "gate_bias_init": gate["bias_init"],
                 "gate_bias_spread": gate["bias_spread"],
+                "gate_rescale": gate["rescale"],
             }
         )
         config.update(_batch_norm.config(self.bn))

@@ -49,11 +49,17 @@ def _run(kind, path, x, library=None):
     return export.parity.run_all(runner, x, None if kind == "masked" else 1)
 
 
+def _unscaled_model():
+    """The mixed model gated with gate_rescale="none" (kept channels unscaled)."""
+    return sk.convert(_mixed_model(), mode="sanp", gate_rescale="none")
+
+
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("build", [_mixed_model, _direct_model], ids=["mixed", "direct"])
+@pytest.mark.parametrize("build", [_mixed_model, _direct_model, _unscaled_model],
+                         ids=["mixed", "direct", "unscaled"])
 def test_export_matches_keras(kind, build, tmp_path, kernels_built):
     model = sk.convert(build(), mode="sanp") if build is _mixed_model else build()
-    if build is _mixed_model:  # give the converted gates varied decisions
+    if build is not _direct_model:  # give the converted gates varied decisions
         rng = np.random.RandomState(7)
         for layer in flops.gated_layers(model):
             layer.gate.excite_kernel.assign(rng.normal(0, 1.0, layer.gate.excite_kernel.shape))
@@ -70,6 +76,11 @@ def test_export_matches_keras(kind, build, tmp_path, kernels_built):
     assert np.concatenate([a.ravel() for a in agree]).all()
     opened = np.concatenate([np.asarray(decisions[n]).ravel() for n in names])
     assert 0.1 < opened.mean() < 0.9  # the gates really prune, and not everything
+    if build is _unscaled_model and kind == "kernels":
+        # The kernels' own gate scales by sigmoid(g): unscaled gates stay builtin ops
+        # feeding the custom convolutions.
+        ops = _op_names(path)
+        assert "SanpGatedConv2D" in ops and "SanpSEGatedConv2D" not in ops
 
 
 def _op_names(path):

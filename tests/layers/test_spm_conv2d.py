@@ -138,3 +138,22 @@ def test_bad_arguments_name_the_value(kwargs, message):
 def test_input_must_be_rank_four():
     with pytest.raises(ValueError, match="rank 4"):
         SPMConv2D(4, 3)(keras.ops.ones((2, 8, 3)))
+
+
+def test_rescale_none_keeps_open_channels_unscaled_and_closed_ones_zero():
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 5)).astype("float32")
+    dense = SPMConv2D(8, 3, padding="same", activation="relu", mode="dense")
+    unscaled = SPMConv2D(8, 3, padding="same", activation="relu", gate_rescale="none")
+    dense(x), unscaled(x)
+    unscaled.conv.set_weights(dense.conv.get_weights())
+    unscaled.bn.set_weights(dense.bn.get_weights())
+    bias = np.full(8, 5.0, "float32")
+    bias[[1, 6]] = -5.0  # two channels closed for every sample
+    unscaled.gate.excite_bias.assign(bias)
+    expected = np.array(dense(x, training=False))
+    expected[..., [1, 6]] = 0.0
+    np.testing.assert_allclose(np.asarray(unscaled(x, training=False)), expected, atol=1e-6)
+    restored = SPMConv2D.from_config(unscaled.get_config())
+    assert restored.gate.rescale == "none"
+    with pytest.raises(ValueError, match="rescale='tanh'"):
+        SPMConv2D(8, 3, gate_rescale="tanh")
