@@ -69,6 +69,10 @@ flags.DEFINE_string("data_dir", None, "Folder with the official archive or tfds 
 flags.DEFINE_bool("download", False, "Let tfds download the dataset if it is missing.")
 flags.DEFINE_float("budget", 0.5, "Target mean MACs, as a fraction of the dense model's.")
 flags.DEFINE_float("gate_speed", 0.03, "Push of the cost loss on the gates (BudgetCallback).")
+flags.DEFINE_float("budget_ramp", 0.0,
+                   "sanp / static: fraction of the fine-tune over which the controller's "
+                   "target descends from dense to the budget (cubic, Zhu & Gupta 2017); "
+                   "0: the budget from the first step (the paper).")
 flags.DEFINE_bool("land_budget", True,
                   "sanp / static: after fine-tuning, raise one global gate threshold "
                   "until the cost on 512 training images is at most the budget.")
@@ -85,9 +89,35 @@ flags.DEFINE_float("backbone_lr", 0.1, "Peak learning rate of stage 1 (SGD, cosi
 flags.DEFINE_float("warmup_lr", 0.01, "Learning rate of stage 3.")
 flags.DEFINE_float("finetune_lr", 0.01, "Peak learning rate of stage 4 (cosine).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_float("weight_decay", 5e-4,
+                   "Decoupled weight decay of SGD (Keras: w -= lr * weight_decay * w each "
+                   "step, outside the momentum). With momentum 0.9 it is about 10x weaker "
+                   "than the same number as a coupled L2 term (PyTorch's SGD): 5e-3 here "
+                   "matches the usual CIFAR 5e-4.")
+flags.DEFINE_integer("lr_warmup_epochs", 0,
+                     "Epochs of linear learning-rate warm-up (from 0) before the cosine "
+                     "decay of stages 1 and 4 (and thin).")
 flags.DEFINE_float("clipnorm", None,
                    "Clip every step's gradients to this global norm (all stages); try 1 "
                    "if a short run on few images diverges to NaN.")
+flags.DEFINE_float("distill", 0.0,
+                   "Gated modes and slimming: weight alpha of a distillation term from the "
+                   "plain backbone in the warm-up and fine-tune losses (Hinton et al. 2015; "
+                   "0: off, the paper's recipe).")
+flags.DEFINE_float("distill_temperature", 4.0, "Temperature T of the distillation term.")
+flags.DEFINE_float("gate_noise", 1.0,
+                   "Standard deviation of ISH's training noise (sanp, static).")
+flags.DEFINE_float("discrete_fraction", 0.5,
+                   "Fraction of training samples whose forward pass uses ISH's binary code "
+                   "(the rest use its continuous relaxation; the paper: one half).")
+flags.DEFINE_enum("gate_rescale", "sigmoid", ["sigmoid", "none"],
+                  "sanp, static, fixed_k: scale each kept channel by sigmoid(g) (the paper) "
+                  "or leave it unscaled.")
+flags.DEFINE_integer("calibration_images", 1000,
+                     "Gated modes: training images held out of the fine-tune (at most a "
+                     "fifth of them); the controller measures the inference cost on 512 of "
+                     "them and the landing on all of them, so the budget holds on unseen "
+                     "images.")
 flags.DEFINE_integer("train_subset", None, "Use only the first N training images.")
 flags.DEFINE_integer("test_subset", None, "Use only the first N test images.")
 flags.DEFINE_string("output_dir", "runs/default", "Checkpoints, logs and the report.")
@@ -97,6 +127,8 @@ flags.DEFINE_enum("export", "portable", ["portable", "masked", "kernels", "none"
 flags.DEFINE_integer("seed", 0, "Random seed.")
 
 FLAGS = flags.FLAGS
+LANDING_MARGIN = 0.002  # the landing aims this far under the budget, on held-out images
+LANDING_BAND = 0.006  # ... and at most this much further under
 
 
 """
@@ -104,41 +136,64 @@ FLAGS = flags.FLAGS
 """
 
 
-def _compile(learning_rate, steps, epochs, cosine=True, clipnorm=None):
-    """Compiler of a stage: momentum SGD, cosine decay over the stage, logits loss,
-    gradients clipped to a global norm of `clipnorm` if given."""
+def _compile(learning_rate, steps, epochs, cosine=True, clipnorm=None, weight_decay=5e-4,
+             warmup_epochs=0, distillation=None):
+    """Compiler of a stage: Nesterov momentum SGD with decoupled `weight_decay`, a
+    linear warm-up over `warmup_epochs` then cosine decay to 0 at the stage's end,
+    logits loss, gradients clipped to a global norm of `clipnorm` if given.
+    `distillation`: `(alpha, temperature)` for a `DistillationLoss` on labels packed
+    by `distillation.with_teacher`, or None."""
 
     def compile_model(model):
         lr = learning_rate
         if cosine:
-            lr = keras.optimizers.schedules.CosineDecay(learning_rate, steps * epochs)
+            warmup = min(warmup_epochs, epochs - 1) * steps if warmup_epochs else 0
+            lr = keras.optimizers.schedules.CosineDecay(
+                0.0 if warmup else learning_rate, steps * epochs - warmup,
+                warmup_target=learning_rate if warmup else None, warmup_steps=warmup)
         model.compile(
-            keras.optimizers.SGD(lr, momentum=0.9, weight_decay=5e-4,
+            keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=weight_decay,
                                  global_clipnorm=clipnorm),
-            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
+            loss,
+            metrics=metrics,
         )
 
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    metrics = ["accuracy"]
+    if distillation is not None:
+        loss = sk.distillation.DistillationLoss(*distillation)
+        metrics = [sk.distillation.PackedAccuracy()]
     return compile_model
 
 
 def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
-        budget=0.5, gate_speed=0.03, land_budget=True, slimming_l1=1e-4, mode="sanp",
+        budget=0.5, gate_speed=0.03, budget_ramp=0.0, land_budget=True, slimming_l1=1e-4,
+        mode="sanp",
         pretrained=None, backbone_epochs=6, warmup_epochs=1, finetune_epochs=6,
         backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01, batch_size=128, clipnorm=None,
-        train_subset=None, test_subset=None, output_dir="runs/default", seed=0,
-        verbose=None, command=None, export_kind="portable"):
+        weight_decay=5e-4, lr_warmup_epochs=0, distill=0.0, distill_temperature=4.0,
+        gate_noise=1.0, discrete_fraction=0.5, gate_rescale="sigmoid",
+        calibration_images=1000, train_subset=None,
+        test_subset=None, output_dir="runs/default", seed=0, verbose=None, command=None,
+        export_kind="portable"):
     """Trains, prunes, evaluates and exports; returns the evaluation result (a dict)."""
     keras.utils.set_random_seed(seed)
     if verbose is None:  # progress bars in a terminal, one line per epoch in a log
         verbose = 1 if sys.stdout.isatty() else 2
-    data = datasets.load(dataset, data_dir, download=download)
+    data = (dataset if isinstance(dataset, datasets.ImageData)
+            else datasets.load(dataset, data_dir, download=download))
     data = data.subset(train_subset, test_subset, seed=seed)
     print(f"Training on {data.description}"
           + (" (subset)" if train_subset or test_subset else "") + ".")
-    if dataset == "embedded":
+    if isinstance(dataset, str) and dataset == "embedded":
         print("This is the small sample shipped with sanp_keras. For full CIFAR-10: "
               "--dataset=cifar10 --data_dir=DIR (see the script's docstring).")
+    gated_mode = mode not in ("dense", "thin", "slimming")
+    held_out = None
+    if gated_mode:  # images the fine-tune never sees, for the controller and the landing
+        count = min(calibration_images, len(data.train) // 5)
+        data, held_out = data.hold_out(count, seed=seed)
+        print(f"Holding out {count:,} training images to measure the cost on.")
     train = datasets.pipeline(data.train, batch_size, training=True, seed=seed)
     test = datasets.pipeline(data.test, batch_size, training=False)
     steps = int(np.ceil(len(data.train) / batch_size))
@@ -147,8 +202,10 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
     def stage_dir(name):
         return os.path.join(output_dir, name)
 
-    def compile_stage(learning_rate, epochs, cosine=True):
-        return _compile(learning_rate, steps, epochs, cosine, clipnorm)
+    def compile_stage(learning_rate, epochs, cosine=True, teacher=False):
+        return _compile(learning_rate, steps, epochs, cosine, clipnorm, weight_decay,
+                        lr_warmup_epochs,
+                        (distill, distill_temperature) if teacher and distill else None)
 
     def create_plain():
         return sk.models.create_model(backbone, data.num_classes, gated=False,
@@ -177,22 +234,32 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
             train, backbone_epochs, test, verbose=verbose,
         )
 
+    if distill and mode not in ("dense", "thin"):
+        # The plain backbone teaches every later stage (its logits packed with labels).
+        teacher = model
+        train = sk.distillation.with_teacher(train, teacher)
+        test_packed = sk.distillation.with_teacher(test, teacher)
+        print(f"Distilling from the backbone: alpha={distill}, T={distill_temperature}.")
+    else:
+        test_packed = test
     if mode == "slimming":
         # Network Slimming: L1 on the BN scales, one global threshold, channels removed.
         plain = model
         model = training.fit_stage(stage_dir("2_sparsity"),
                                    lambda: slimming.with_bn_l1(plain, slimming_l1),
-                                   compile_stage(finetune_lr, warmup_epochs),
-                                   train, warmup_epochs, test, verbose=verbose)
+                                   compile_stage(finetune_lr, warmup_epochs, teacher=True),
+                                   train, warmup_epochs, test_packed, verbose=verbose)
         slimmed, info = slimming.slim(model, budget, reference_macs)
         print(f"Network Slimming: threshold |gamma| > {info['threshold']:.4g} keeps "
               f"{info['flops_ratio']:.3f} of the dense MACs; channels kept: {info['kept']}")
         model = training.fit_stage(stage_dir("3_finetune"), lambda: slimmed,
-                                   compile_stage(finetune_lr, finetune_epochs),
-                                   train, finetune_epochs, test, verbose=verbose)
+                                   compile_stage(finetune_lr, finetune_epochs, teacher=True),
+                                   train, finetune_epochs, test_packed, verbose=verbose)
     elif mode not in ("dense", "thin"):
         # 2. Gate every conv + BN. FIXED-K and FBS need the keep ratio meeting the budget.
-        gate_options = {"seed": seed}
+        gate_options = {"seed": seed, "noise_stddev": gate_noise,
+                        "discrete_fraction": discrete_fraction,
+                        "gate_rescale": gate_rescale}
         if mode in ("fixed_k", "fbs"):
             probe = sk.convert(model, mode=mode)
             gate_options["keep_ratio"] = training.fixed_k_keep_ratio(probe, budget)
@@ -206,14 +273,14 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
 
         # 3. Warm up the gates, convolutions frozen.
         model = training.fit_stage(stage_dir("2_warmup"), gated,
-                                   compile_stage(warmup_lr, warmup_epochs, cosine=False),
-                                   train, warmup_epochs, test, verbose=verbose)
+                                   compile_stage(warmup_lr, warmup_epochs, cosine=False,
+                                                 teacher=True),
+                                   train, warmup_epochs, test_packed, verbose=verbose)
         warm = model
 
-        # The controller measures the inference cost on 512 training images.
-        calibration = np.concatenate(
-            [x.numpy() for x, _ in datasets.pipeline(data.train, 256, False).take(2)]
-        )
+        # The cost is measured on held-out training images: the controller's on 512
+        # of them, FIXED-K's k and the landing on all of them.
+        calibration = datasets.normalized(held_out)
 
         def unfrozen():
             training.set_backbone_trainable(warm, True)
@@ -224,22 +291,26 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
             return warm
 
         # 4. Fine-tune everything to the budget.
-        callback = sk.BudgetCallback(budget=budget, gate_speed=gate_speed,
-                                     calibration_data=calibration)
+        callback = sk.BudgetCallback(
+            budget=budget, gate_speed=gate_speed, calibration_data=calibration[:512],
+            ramp_steps=int(round(budget_ramp * finetune_epochs * steps)))
         model = training.fit_stage(stage_dir("3_finetune"), unfrozen,
-                                   compile_stage(finetune_lr, finetune_epochs),
-                                   train, finetune_epochs, test, budget=callback,
+                                   compile_stage(finetune_lr, finetune_epochs, teacher=True),
+                                   train, finetune_epochs, test_packed, budget=callback,
                                    verbose=verbose)
         if land_budget and mode in ("sanp", "static"):
-            # A short fine-tune can end while the controller still swings around the
-            # budget: one global gate threshold closes channels until it is met.
-            shift, before, after = training.land_on_budget(model, budget, calibration)
+            # The fine-tune can end while the controller still swings around the
+            # budget: one global gate threshold moves the cost on the held-out images
+            # into [budget - 0.008, budget - 0.002] (a margin for other images).
+            shift, before, after = training.land_on_budget(
+                model, budget - LANDING_MARGIN, calibration, tolerance=LANDING_BAND)
             landing = {"threshold_shift": shift, "flops_ratio_before": before,
-                       "flops_ratio_after": after}
+                       "flops_ratio_after": after, "images": len(calibration)}
             print(f"Landing on the budget: {before:.3f} -> {after:.3f} of the dense MACs "
-                  f"on {len(calibration)} training images (gate threshold {shift:+.3f})."
-                  if shift else f"Cost {before:.3f} of the dense MACs on "
-                  f"{len(calibration)} training images: within the budget, as trained.")
+                  f"on {len(calibration)} held-out training images (gate threshold "
+                  f"{shift:+.3f})." if shift else f"Cost {before:.3f} of the dense MACs "
+                  f"on {len(calibration)} held-out training images: on the budget, as "
+                  "trained.")
 
     # Evaluate and report.
     model.save(os.path.join(output_dir, "model.keras"))
@@ -278,10 +349,12 @@ def export_and_check(model, kind, test, output_dir, images=200):
 def main(argv):
     del argv
     run(**{name: FLAGS[name].value for name in (
-        "backbone", "dataset", "data_dir", "download", "budget", "gate_speed", "land_budget",
-        "slimming_l1", "mode", "pretrained", "backbone_epochs", "warmup_epochs",
-        "finetune_epochs", "backbone_lr", "warmup_lr", "finetune_lr", "batch_size",
-        "clipnorm", "train_subset", "test_subset", "output_dir", "seed")},
+        "backbone", "dataset", "data_dir", "download", "budget", "gate_speed", "budget_ramp",
+        "land_budget", "slimming_l1", "mode", "pretrained", "backbone_epochs",
+        "warmup_epochs", "finetune_epochs", "backbone_lr", "warmup_lr", "finetune_lr",
+        "batch_size", "clipnorm", "weight_decay", "lr_warmup_epochs", "distill",
+        "distill_temperature", "gate_noise", "discrete_fraction", "gate_rescale",
+        "calibration_images", "train_subset", "test_subset", "output_dir", "seed")},
         command="python " + " ".join(sys.argv), export_kind=FLAGS.export)
 
 

@@ -5,6 +5,7 @@ which of its output channels to compute; a callback holds the mean cost of the w
 network to a budget.
 """
 
+from sanp_keras import distillation as distillation
 from sanp_keras import export as export
 from sanp_keras import flops as flops
 from sanp_keras import models as models
@@ -28,6 +29,7 @@ __all__ = [
     "SaliencyGate",
     "ZeroPadShortcut",
     "convert",
+    "distillation",
     "export",
     "export_tflite",
     "flops",

@@ -76,6 +76,21 @@ class ImageData:
         return ImageData(pick(self.train, train), pick(self.test, test), self.class_names,
                          self.description)
 
+    def hold_out(self, count, seed=0):
+        """`(data without them, held-out Split)`: `count` training images drawn at random
+        and removed from the training split (for measuring on images training never
+        sees, such as the cost a budget is landed on)."""
+        if not 0 <= count < len(self.train):
+            raise ValueError(
+                f"Invalid value for argument `count`: expected 0 <= count < "
+                f"{len(self.train)} (the training images). Received: count={count!r}")
+        held = np.zeros(len(self.train), bool)
+        held[np.random.RandomState(seed).permutation(len(self.train))[:count]] = True
+        train, rest = self.train, Split(self.train.images[held], self.train.labels[held])
+        kept = Split(train.images[~held], train.labels[~held])
+        return ImageData(kept, self.test, self.class_names,
+                         f"{self.description}; {count:,} training images held out"), rest
+
 
 class DataNotFoundError(ValueError):
     """The requested data is not available on this machine."""

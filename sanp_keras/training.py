@@ -207,34 +207,42 @@ def calibrate_keep_ratio(model, budget, images, steps=10):
 
 
 def land_on_budget(model, budget, images, tolerance=0.01, steps=20):
-    """Raises the threshold of every `"sanp"` / `"static"` gate until the model's
-    measured cost on `images` is at most `budget`, within `tolerance` below it.
+    """Moves one global threshold of every `"sanp"` / `"static"` gate until the model's
+    measured cost on `images` lies in `[budget - tolerance, budget]`.
 
     The controller (`BudgetCallback`) holds the cost to the budget while training, but
-    a short schedule can end while it still swings around it (a STATIC model ended a
-    237-step fine-tune at 0.393 for a budget of 0.35). A channel stays open where
-    `g > 0` (METHOD.md eq. 7); this closes the excess with one global threshold
-    `delta > 0`: `g - delta > 0`, written into the gates' `excite_bias` so that the
-    saved model and every export carry it unchanged (the kept channels' scale
-    `sigmoid(g - delta)` moves with it). `delta` is found by bisection on the exact
-    inference cost. Like Network Slimming's global threshold, it is one number for the
-    whole network, so the layers keep the balance training gave them.
+    a fine-tune can end while it still swings around it (a STATIC model ended a
+    237-step fine-tune at 0.393 for a budget of 0.35), and the budget a user names is
+    the cost they should get. A channel stays open where `g > 0` (METHOD.md eq. 7);
+    this shifts every gate by one global `delta`: `g - delta > 0`, written into the
+    gates' `excite_bias` so that the saved model and every export carry it unchanged
+    (the kept channels' scale `sigmoid(g - delta)` moves with it). `delta > 0` closes
+    channels of a model over the budget, `delta < 0` reopens the most nearly open
+    ones of a model under `budget - tolerance`. `delta` is found by bisection on the
+    exact inference cost. Like Network Slimming's global threshold, it is one number
+    for the whole network, so the layers keep the balance training gave them.
 
-    The budget is a ceiling: a model at or under it is left as it is. Reopening
-    channels that training closed does not give their accuracy back (in a trial, a
-    ResNet-20 SANP model at 0.325 of a 0.35 budget went from 58.7 % to 67.6 % top-1
-    error when a threshold of -0.75 brought it to 0.348).
+    Reopening gives back little accuracy: a channel that was closed in training got
+    almost no gradient (in a trial, a ResNet-20 SANP model at 0.325 of a 0.35 budget
+    went from 58.7 % to 67.6 % top-1 error when a threshold of -0.75 brought it to
+    0.348, after a short fine-tune). A model should reach its budget by training; this
+    corrects the last swing of the controller.
 
     Args:
         model: a gated model.
         budget: the mean cost not to exceed, as a fraction of the dense MACs.
-        images: array `(N, H, W, C)` (or a dataset of batches) to measure on: training
-            images, so that the test set stays unseen.
-        tolerance: how far under `budget` the bisection may stop.
+        images: array `(N, H, W, C)` (or a dataset of batches) to measure on: held-out
+            training images, so that the test set stays unseen.
+        tolerance: how far under `budget` the cost may land.
         steps: bisection steps.
 
     Returns:
-        `(delta, cost before, cost after)`, costs as fractions of the dense MACs.
+        `(delta, cost before, cost after)`, costs as fractions of the dense MACs. With
+        every channel open and the cost still under the band, the most open model.
+
+    Raises:
+        ValueError: no threshold brings the cost down to `budget` (a layer keeps at
+            least one channel); the model is left unchanged.
     """
     budget = _checks.check_float_in("budget", budget, 0.0, 1.0)
     tolerance = _checks.check_float_in("tolerance", tolerance, 0.0, 1.0)
@@ -253,22 +261,29 @@ def land_on_budget(model, budget, images, tolerance=0.01, steps=20):
         return tried[delta]
 
     before = cost(0.0)
-    if before <= budget:
+    if budget - tolerance <= before <= budget:
         return 0.0, before, before
-    # Bracket the budget between `low` (over it) and `high` (at or under it), then
-    # bisect: the cost falls as delta grows, every layer closing more channels.
-    low, high = 0.0, 0.5
-    while cost(high) > budget:
-        if high >= 64:
-            cost(0.0)  # the model as it came
-            raise ValueError(
-                f"No threshold brings model '{model.name}' to budget={budget}: with a "
-                f"shift of {high} its cost is still {tried[high]:.3f} of dense (a layer "
-                "keeps at least one channel). The model is left unchanged."
-            )
-        low, high = high, 2 * high
+    # Bracket the band between `low` (cost over the budget) and `high` (at or under
+    # it), then bisect: the cost falls as delta grows, every layer closing more.
+    if before > budget:
+        low, high = 0.0, 0.5
+        while cost(high) > budget:
+            if high >= 64:
+                cost(0.0)  # the model as it came
+                raise ValueError(
+                    f"No threshold brings model '{model.name}' to budget={budget}: with "
+                    f"a shift of {high} its cost is still {tried[high]:.3f} of dense (a "
+                    "layer keeps at least one channel). The model is left unchanged."
+                )
+            low, high = high, 2 * high
+    else:
+        low, high = -0.5, 0.0
+        while cost(low) <= budget:
+            if low <= -64:  # every channel open, still under the band
+                return low, before, tried[low]
+            low, high = 2 * low, low
     for _ in range(steps):
-        if tried[high] > budget - tolerance:
+        if tried[high] >= budget - tolerance:
             break
         mid = (low + high) / 2
         low, high = (mid, high) if cost(mid) > budget else (low, mid)

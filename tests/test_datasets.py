@@ -143,3 +143,15 @@ def test_shared_cifar10_folder():
     assert np.bincount(data.test.labels).tolist() == [1000] * 10
     embedded = datasets.load("embedded")
     np.testing.assert_array_equal(data.train.images[0], embedded.train.images[0])
+
+
+def test_hold_out_removes_a_random_disjoint_draw_from_training():
+    data = datasets.load("embedded")
+    kept, held = data.hold_out(300, seed=3)
+    assert len(held) == 300 and len(kept.train) == len(data.train) - 300
+    assert kept.test is data.test and "300 training images held out" in kept.description
+    flat = lambda images: {bytes(i) for i in images.reshape(len(images), -1)}  # noqa: E731
+    assert not flat(held.images) & flat(kept.train.images)
+    assert len(set(held.labels.tolist())) == 10  # drawn at random, not class by class
+    with pytest.raises(ValueError, match="count=5000"):
+        data.hold_out(5000)

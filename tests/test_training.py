@@ -158,21 +158,28 @@ def test_land_on_budget_raises_one_threshold_to_the_budget(mode, tmp_path):
                                        atol=1e-5)
 
 
-def test_land_on_budget_leaves_a_model_under_budget_alone_and_rejects_the_impossible():
+def test_land_on_budget_reopens_a_model_under_the_band_and_rejects_the_impossible():
     plain = sk.models.create_model("resnet20", gated=False)
     gated = sk.convert(plain, mode="sanp")
     _random_gates(gated, 1, 0.5)
     x = oracle.images(8, 0, size=32)
     cost = flops.measure(gated, x)["flops_ratio"]
     bias = [g.gate.excite_bias.numpy().copy() for g in flops.gated_layers(gated)]
-    for budget in (cost, min(1.0, cost + 0.2)):  # on it, and far under it: no channel reopens
-        assert training.land_on_budget(gated, budget, x) == (0.0, cost, cost)
+    assert training.land_on_budget(gated, cost, x) == (0.0, cost, cost)  # on it: as it is
     for layer, old in zip(flops.gated_layers(gated), bias):
         np.testing.assert_array_equal(layer.gate.excite_bias.numpy(), old)
     with pytest.raises(ValueError, match="budget=0.005"):
         training.land_on_budget(gated, 0.005, x)  # a layer keeps at least one channel
     for layer, old in zip(flops.gated_layers(gated), bias):  # and it is left unchanged
         np.testing.assert_array_equal(layer.gate.excite_bias.numpy(), old)
+    # Far under the budget: one negative shift of every gate reopens channels into the
+    # band, and the cost measured afresh is the one reported.
+    target = min(1.0, cost + 0.15)
+    delta, before, after = training.land_on_budget(gated, target, x, tolerance=0.01)
+    assert delta < 0 and before == cost and target - 0.01 <= after <= target
+    assert abs(flops.measure(gated, x)["flops_ratio"] - after) < 1e-9
+    for layer, old in zip(flops.gated_layers(gated), bias):
+        np.testing.assert_allclose(layer.gate.excite_bias.numpy(), old - delta, atol=1e-6)
     with pytest.raises(ValueError, match="has no sanp or static gates"):
         training.land_on_budget(sk.convert(plain, mode="fixed_k"), 0.5, x)
 

@@ -26,6 +26,15 @@ class BudgetCallback(keras.callbacks.Callback):
         I      = clip(I + integral_gain * e, -1, 1)     only while |e| < 0.1
         lambda = alpha * clip(e + I, -1, 1)       in [-alpha, alpha], as in the paper
 
+    With `ramp_steps > 0` the target `B` itself descends from the dense cost to the
+    budget over the first `ramp_steps` batches, along Zhu & Gupta's (2017, "To prune,
+    or not to prune", eq. 1) cubic schedule:
+
+        B_t = B + (C - B) * (1 - min(1, t / ramp_steps))^3
+
+    so that the network loses its channels gradually (fast at first, while many are
+    redundant, slowly near the budget) instead of all within the first epoch.
+
     `integral_gain=0` gives the paper's linear controller exactly. A proportional
     controller settles where lambda balances the classification loss, which is a
     non-zero gap; the integral term removes that gap so the trained model lands on
@@ -72,6 +81,8 @@ class BudgetCallback(keras.callbacks.Callback):
         calibration_data: optional array of images `(N, H, W, C)` (or a dataset of
             batches) on which the inference cost is measured, see above.
         calibrate_every: batches between two calibrations.
+        ramp_steps: batches over which the target descends to the budget (0: the
+            budget from the first batch, the paper's controller).
 
     Example:
 
@@ -92,6 +103,7 @@ class BudgetCallback(keras.callbacks.Callback):
         gate_speed=0.02,
         calibration_data=None,
         calibrate_every=25,
+        ramp_steps=0,
     ):
         super().__init__()
         if (budget is None) == (budget_mmacs is None):
@@ -124,6 +136,7 @@ class BudgetCallback(keras.callbacks.Callback):
         )
         self.calibration_data = calibration_data
         self.calibrate_every = _checks.check_int_at_least("calibrate_every", calibrate_every, 1)
+        self.ramp_steps = _checks.check_int_at_least("ramp_steps", ramp_steps, 0)
         self.calibration = 1.0
         self._steps = 0
         self.lambda_ = 0.0
@@ -225,13 +238,20 @@ class BudgetCallback(keras.callbacks.Callback):
         if self.calibration_data is not None and self._steps % self.calibrate_every == 0:
             self.calibration = self.inference_macs() / float(np.mean(self._estimates))
         c_hat = self.calibration * float(np.mean(self._estimates))
-        gap = (c_hat - self.budget_macs) / self.dense_macs
+        gap = (c_hat - self.target_macs()) / self.dense_macs
         if abs(gap) < INTEGRAL_BAND:  # no wind-up while far from the budget
             self.integral = float(np.clip(self.integral + self.integral_gain * gap, -1, 1))
         self.lambda_ = self.alpha * float(np.clip(gap + self.integral, -1.0, 1.0))
         self.flops_ratio = c_hat / self.dense_macs
         self._assign()
         self._write(logs)
+
+    def target_macs(self):
+        """The target of the current batch: the budget, or on the ramp towards it."""
+        if not self.ramp_steps:
+            return self.budget_macs
+        left = 1.0 - min(1.0, self._steps / self.ramp_steps)
+        return self.budget_macs + (self.dense_macs - self.budget_macs) * left**3
 
     def on_epoch_end(self, epoch, logs=None):
         self._write(logs)
@@ -240,3 +260,5 @@ class BudgetCallback(keras.callbacks.Callback):
         if logs is not None and self.flops_ratio is not None:
             logs["lambda"] = self.lambda_
             logs["flops_ratio"] = self.flops_ratio
+            if self.ramp_steps:
+                logs["target_ratio"] = self.target_macs() / self.dense_macs

@@ -73,6 +73,25 @@ def test_integral_term_accumulates_near_the_budget_only():
     assert callback.lambda_ > callback.alpha * (callback.flops_ratio - 0.5)
 
 
+def test_ramp_lowers_the_target_along_the_cubic_schedule():
+    model = _model()
+    callback = sk.BudgetCallback(budget=0.4, alpha=1.0, integral_gain=0.0, window=1,
+                                 ramp_steps=10)
+    callback.set_model(model)
+    callback.on_train_begin()
+    _set_rates(model, 1.0)  # every channel open: the cost is dense
+    for step in range(1, 13):
+        logs = {}
+        callback.on_train_batch_end(step - 1, logs)
+        left = max(0.0, 1.0 - step / 10)
+        target = 0.4 + 0.6 * left**3  # Zhu & Gupta's eq. 1, by hand
+        assert logs["target_ratio"] == pytest.approx(target)
+        assert logs["lambda"] == pytest.approx(logs["flops_ratio"] - target)
+    assert logs["target_ratio"] == pytest.approx(0.4)  # the budget once the ramp ends
+    with pytest.raises(ValueError, match="ramp_steps=-1"):
+        sk.BudgetCallback(budget=0.5, ramp_steps=-1)
+
+
 def test_lambda_is_restored_from_the_layers_on_resume():
     model = _model()
     callback = sk.BudgetCallback(budget=0.5, alpha=2.0, integral_gain=0.0, window=1)
