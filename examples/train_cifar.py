@@ -69,6 +69,10 @@ flags.DEFINE_string("data_dir", None, "Folder with the official archive or tfds 
 flags.DEFINE_bool("download", False, "Let tfds download the dataset if it is missing.")
 flags.DEFINE_float("budget", 0.5, "Target mean MACs, as a fraction of the dense model's.")
 flags.DEFINE_float("gate_speed", 0.03, "Push of the cost loss on the gates (BudgetCallback).")
+flags.DEFINE_enum("cost_weighting", "macs", list(sk.callbacks.budget.WEIGHTINGS),
+                  "sanp / static: weight of a channel in the cost loss: its share of the "
+                  "dense MACs (macs) or 1/N for all N gated channels (uniform, the "
+                  "paper's eq. 9); see BudgetCallback.")
 flags.DEFINE_float("budget_ramp", 0.0,
                    "sanp / static: fraction of the fine-tune over which the controller's "
                    "target descends from dense to the budget (cubic, Zhu & Gupta 2017); "
@@ -167,7 +171,7 @@ def _compile(learning_rate, steps, epochs, cosine=True, clipnorm=None, weight_de
 
 
 def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
-        budget=0.5, gate_speed=0.03, budget_ramp=0.0, land_budget=True, slimming_l1=1e-4,
+        budget=0.5, gate_speed=0.03, cost_weighting="macs", budget_ramp=0.0, land_budget=True, slimming_l1=1e-4,
         mode="sanp",
         pretrained=None, backbone_epochs=6, warmup_epochs=1, finetune_epochs=6,
         backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01, batch_size=128, clipnorm=None,
@@ -292,7 +296,8 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
 
         # 4. Fine-tune everything to the budget.
         callback = sk.BudgetCallback(
-            budget=budget, gate_speed=gate_speed, calibration_data=calibration[:512],
+            budget=budget, gate_speed=gate_speed, weighting=cost_weighting,
+            calibration_data=calibration[:512],
             ramp_steps=int(round(budget_ramp * finetune_epochs * steps)))
         model = training.fit_stage(stage_dir("3_finetune"), unfrozen,
                                    compile_stage(finetune_lr, finetune_epochs, teacher=True),
@@ -349,7 +354,8 @@ def export_and_check(model, kind, test, output_dir, images=200):
 def main(argv):
     del argv
     run(**{name: FLAGS[name].value for name in (
-        "backbone", "dataset", "data_dir", "download", "budget", "gate_speed", "budget_ramp",
+        "backbone", "dataset", "data_dir", "download", "budget", "gate_speed", "cost_weighting",
+        "budget_ramp",
         "land_budget", "slimming_l1", "mode", "pretrained", "backbone_epochs",
         "warmup_epochs", "finetune_epochs", "backbone_lr", "warmup_lr", "finetune_lr",
         "batch_size", "clipnorm", "weight_decay", "lr_warmup_epochs", "distill",
