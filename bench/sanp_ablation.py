@@ -36,11 +36,11 @@ RESULTS = flags.DEFINE_string("results", "bench/results/sanp_ablation", "Output 
 FLAGS = flags.FLAGS
 FLAGS.set_default("output_dir", "runs/ablation")
 FLAGS.set_default("export", "none")
-RUN_FLAGS = ("backbone", "budget", "gate_speed", "cost_weighting", "budget_ramp", "land_budget", "mode",
-             "warmup_epochs", "finetune_epochs", "warmup_lr", "finetune_lr", "batch_size",
-             "clipnorm", "weight_decay", "lr_warmup_epochs", "distill", "distill_temperature",
-             "gate_noise", "discrete_fraction", "gate_rescale", "calibration_images",
-             "seed")
+RUN_FLAGS = ("backbone", "budget", "gate_speed", "cost_weighting", "budget_ramp",
+             "land_budget", "mode", "warmup_epochs", "finetune_epochs", "warmup_lr",
+             "finetune_lr", "batch_size", "clipnorm", "weight_decay", "lr_warmup_epochs",
+             "distill", "distill_temperature", "gate_noise", "discrete_fraction",
+             "gate_rescale", "cost_floor", "calibration_images", "seed")
 
 
 def parse_configs(text):

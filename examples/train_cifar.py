@@ -85,7 +85,11 @@ flags.DEFINE_enum("mode", "sanp", MODES,
                   "sanp; the paper's ablations fixed_k, static; the baselines fbs, slimming "
                   "(Network Slimming), thin (uniformly narrower, from scratch); dense: the "
                   "backbone alone.")
-flags.DEFINE_string("pretrained", None, "A trained plain backbone (.keras) to start from.")
+flags.DEFINE_string("pretrained", "shipped",
+                    "The trained plain backbone to start from: a .keras file, a name of "
+                    "sanp_keras.models.list_pretrained(), 'shipped' (the backbone shipped "
+                    "for --backbone and 10-class 32x32 data, else stage 1 trains) or "
+                    "'none' (stage 1 trains). --mode=dense and thin always train.")
 flags.DEFINE_integer("backbone_epochs", 6, "Epochs of stage 1.")
 flags.DEFINE_integer("warmup_epochs", 1, "Epochs of stage 3 (gates only).")
 flags.DEFINE_integer("finetune_epochs", 6, "Epochs of stage 4 (everything, with budget).")
@@ -117,6 +121,10 @@ flags.DEFINE_float("discrete_fraction", 0.5,
 flags.DEFINE_enum("gate_rescale", "sigmoid", ["sigmoid", "none"],
                   "sanp, static, fixed_k: scale each kept channel by sigmoid(g) (the paper) "
                   "or leave it unscaled.")
+flags.DEFINE_float("cost_floor", 0.0,
+                   "sanp / static: fraction of every layer's channels (its highest scoring "
+                   "ones) the cost loss never pushes to close, so that the controller "
+                   "cannot empty a layer (0: the paper). Training only.")
 flags.DEFINE_integer("calibration_images", 1000,
                      "Gated modes: training images held out of the fine-tune (at most a "
                      "fifth of them); the controller measures the inference cost on 512 of "
@@ -128,6 +136,10 @@ flags.DEFINE_string("output_dir", "runs/default", "Checkpoints, logs and the rep
 flags.DEFINE_enum("export", "portable", ["portable", "masked", "kernels", "none"],
                   "Export the model to <output_dir>/model_<kind>.tflite (export_tflite; "
                   "examples/export_tflite.py for more options) and check it against Keras.")
+flags.DEFINE_string("save_pretrained", None,
+                    "Also write the trained model as shipped weights NAME.weights.h5 + "
+                    "NAME.json into sanp_keras/pretrained/ (sanp_keras.models."
+                    "save_pretrained), with this command and the measured error and cost.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 
 FLAGS = flags.FLAGS
@@ -173,13 +185,13 @@ def _compile(learning_rate, steps, epochs, cosine=True, clipnorm=None, weight_de
 def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         budget=0.5, gate_speed=0.03, cost_weighting="macs", budget_ramp=0.0, land_budget=True, slimming_l1=1e-4,
         mode="sanp",
-        pretrained=None, backbone_epochs=6, warmup_epochs=1, finetune_epochs=6,
+        pretrained="shipped", backbone_epochs=6, warmup_epochs=1, finetune_epochs=6,
         backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01, batch_size=128, clipnorm=None,
         weight_decay=5e-4, lr_warmup_epochs=0, distill=0.0, distill_temperature=4.0,
         gate_noise=1.0, discrete_fraction=0.5, gate_rescale="sigmoid",
-        calibration_images=1000, train_subset=None,
+        cost_floor=0.0, calibration_images=1000, train_subset=None,
         test_subset=None, output_dir="runs/default", seed=0, verbose=None, command=None,
-        export_kind="portable"):
+        export_kind="portable", save_pretrained=None):
     """Trains, prunes, evaluates and exports; returns the evaluation result (a dict)."""
     keras.utils.set_random_seed(seed)
     if verbose is None:  # progress bars in a terminal, one line per epoch in a log
@@ -228,8 +240,10 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
             stage_dir("1_thin"), lambda: thinning.uniform_width(create_plain(), width),
             compile_stage(backbone_lr, epochs), train, epochs, test, verbose=verbose)
     # 1. The plain backbone.
-    elif pretrained:
-        model = keras.models.load_model(pretrained)
+    elif mode != "dense" and (source := backbone_source(pretrained, backbone, data)):
+        print(f"Starting from the trained backbone {source}.")
+        model = (keras.models.load_model(source) if source.endswith(".keras")
+                 else sk.models.pretrained(source))
     else:
         model = training.fit_stage(
             stage_dir("1_backbone"),
@@ -263,7 +277,7 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         # 2. Gate every conv + BN. FIXED-K and FBS need the keep ratio meeting the budget.
         gate_options = {"seed": seed, "noise_stddev": gate_noise,
                         "discrete_fraction": discrete_fraction,
-                        "gate_rescale": gate_rescale}
+                        "gate_rescale": gate_rescale, "cost_floor": cost_floor}
         if mode in ("fixed_k", "fbs"):
             probe = sk.convert(model, mode=mode)
             gate_options["keep_ratio"] = training.fixed_k_keep_ratio(probe, budget)
@@ -330,10 +344,34 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         if train_subset or test_subset else "")
     if export_kind != "none":
         result["export"] = export_and_check(model, export_kind, data.test, output_dir)
+    if save_pretrained:
+        metrics = {key: result[key] for key in ("top1_error", "flops_ratio", "mean_macs",
+                                                 "dense_macs", "num_samples", "budget")}
+        metrics["images"] = f"{data.description}: the {len(data.test):,} test images"
+        spec = sk.models.save_pretrained(model, save_pretrained, backbone, command, metrics)
+        print(f"Saved the pretrained model '{save_pretrained}' (check: cost "
+              f"{spec['check']['flops_ratio']:.3f} on the embedded test images).")
     paths = report.write_report(result, os.path.join(output_dir, "report"), command)
     print(report.markdown(result, command))
     print("Report:", ", ".join(paths.values()))
     return result
+
+
+def backbone_source(pretrained, backbone, data):
+    """The backbone to start from: a `.keras` path or a shipped name, or None to train
+    stage 1. `"shipped"` picks `<backbone>_cifar10` when it is shipped and `data` is
+    10 classes of 32x32x3 images."""
+    if pretrained in (None, "", "none"):
+        return None
+    if pretrained == "shipped":
+        name = f"{backbone}_cifar10"
+        fits = data.num_classes == 10 and data.train.images.shape[1:] == (32, 32, 3)
+        return name if fits and name in sk.models.list_pretrained() else None
+    if pretrained.endswith(".keras") or pretrained in sk.models.list_pretrained():
+        return pretrained
+    raise ValueError(
+        "Invalid value for argument `pretrained`. Expected a .keras file, 'shipped', "
+        f"'none' or one of {sk.models.list_pretrained()}. Received: pretrained={pretrained!r}")
 
 
 def export_and_check(model, kind, test, output_dir, images=200):
@@ -354,14 +392,15 @@ def export_and_check(model, kind, test, output_dir, images=200):
 def main(argv):
     del argv
     run(**{name: FLAGS[name].value for name in (
-        "backbone", "dataset", "data_dir", "download", "budget", "gate_speed", "cost_weighting",
-        "budget_ramp",
-        "land_budget", "slimming_l1", "mode", "pretrained", "backbone_epochs",
-        "warmup_epochs", "finetune_epochs", "backbone_lr", "warmup_lr", "finetune_lr",
-        "batch_size", "clipnorm", "weight_decay", "lr_warmup_epochs", "distill",
-        "distill_temperature", "gate_noise", "discrete_fraction", "gate_rescale",
-        "calibration_images", "train_subset", "test_subset", "output_dir", "seed")},
-        command="python " + " ".join(sys.argv), export_kind=FLAGS.export)
+        "backbone", "dataset", "data_dir", "download", "budget", "gate_speed",
+        "cost_weighting", "budget_ramp", "land_budget", "slimming_l1", "mode", "pretrained",
+        "backbone_epochs", "warmup_epochs", "finetune_epochs", "backbone_lr", "warmup_lr",
+        "finetune_lr", "batch_size", "clipnorm", "weight_decay", "lr_warmup_epochs",
+        "distill", "distill_temperature", "gate_noise", "discrete_fraction", "gate_rescale",
+        "cost_floor", "calibration_images", "train_subset", "test_subset", "output_dir",
+        "seed")},
+        command="python " + " ".join(sys.argv), export_kind=FLAGS.export,
+        save_pretrained=FLAGS.save_pretrained)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ _GATE_OPTIONS = (
     "gate_bias_init",
     "gate_bias_spread",
     "gate_rescale",
+    "cost_floor",
     "seed",
 )
 
@@ -162,7 +163,7 @@ def convert(model, mode="sanp", on_unsupported="warn", **gate_options):
             a warning naming it and why) or `"raise"` (a `ValueError` instead).
         **gate_options: passed to every `SPMConv2D`: `reduction`, `min_hidden`,
             `keep_ratio`, `noise_stddev`, `discrete_fraction`, `gate_bias_init`,
-            `gate_bias_spread`, `gate_rescale`, `seed`.
+            `gate_bias_spread`, `gate_rescale`, `cost_floor`, `seed`.
 
     Returns:
         A new functional `keras.Model`; the original is left untouched.

@@ -114,3 +114,20 @@ def test_clipnorm_bounds_every_step():
                                       for w, b in zip(model.get_weights(), before)))
     # one SGD step moves the weights by lr * |gradient| (+ a weight decay of lr * 5e-4 * w)
     assert steps[1.0] <= 0.1 * 1.0 + 1e-3 < 100 * 0.1 < steps[None]
+
+
+def test_backbone_source_resolves_shipped_names_and_refuses_others():
+    import sanp_keras as sk
+    from sanp_keras import datasets
+
+    example = _example()
+    cifar = datasets.load("embedded").subset(16, 16)
+    assert example.backbone_source("none", "resnet20", cifar) is None
+    assert example.backbone_source(None, "resnet20", cifar) is None
+    assert example.backbone_source("b.keras", "resnet20", cifar) == "b.keras"
+    shipped = "resnet20_cifar10" in sk.models.list_pretrained()
+    assert example.backbone_source("shipped", "resnet20", cifar) == (
+        "resnet20_cifar10" if shipped else None)
+    assert example.backbone_source("shipped", "vgg19", cifar) is None  # none shipped
+    with pytest.raises(ValueError, match="pretrained='resnet_99'"):
+        example.backbone_source("resnet_99", "resnet20", cifar)

@@ -1,5 +1,7 @@
 """SPMConv2D: a convolution with its Saliency-and-Pruning Module (SANP eq. 3-4)."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -29,6 +31,8 @@ class SPMConv2D(keras.layers.Layer):
     - `cost_weight`, `cost_gain`: set by the callback; in training the layer adds
       `cost_weight * sum_c mean_i sigmoid(g[i, c])` to the model's losses (paper eq. 9)
       with a straight-through gradient scaled by `cost_gain` (see `_soft_activity`);
+      with `cost_floor > 0` the push spares the `ceil(cost_floor * filters)` channels
+      of highest mean score in the batch, so the cost loss alone never empties a layer;
     - `active_rate`: in training, the fraction of the batch for which each channel
       would be open at inference, read by the callback to estimate the cost.
 
@@ -44,6 +48,9 @@ class SPMConv2D(keras.layers.Layer):
         mode, reduction, min_hidden, keep_ratio, noise_stddev, discrete_fraction,
         gate_bias_init, gate_bias_spread, gate_rescale, seed: the gate's arguments
             (see `SaliencyGate`; `gate_rescale` is its `rescale`).
+        cost_floor: fraction of the channels the cost loss never pushes to close
+            (those of highest mean score in each training batch; 0: every channel,
+            the paper). Training only: inference decides as always, `1[g > 0]`.
         backbone_trainable: whether the convolution and batch norm train; False
             trains the gate alone (the paper's warm-up). Saved with the layer.
 
@@ -92,6 +99,7 @@ class SPMConv2D(keras.layers.Layer):
         gate_bias_init=3.0,
         gate_bias_spread=1.0,
         gate_rescale="sigmoid",
+        cost_floor=0.0,
         seed=None,
         backbone_trainable=True,
         **kwargs,
@@ -111,6 +119,8 @@ class SPMConv2D(keras.layers.Layer):
                 f"Received: dilation_rate={dilation_rate!r}"
             )
         self.mode = _checks.check_mode(mode)
+        self.cost_floor = _checks.check_float_in("cost_floor", cost_floor, 0.0, 1.0,
+                                                 low_open=False)
         self.use_batch_norm = bool(use_batch_norm)
         self.activation = keras.activations.get(activation)
         self.conv = keras.layers.Conv2D(
@@ -205,7 +215,8 @@ class SPMConv2D(keras.layers.Layer):
             y = y * (decisions * saliency)[:, None, None, :]
             if training:
                 if self.gates_cost:
-                    activity = _soft_activity(scores, self.cost_gain)  # (C_out,)
+                    activity = _soft_activity(scores, self.cost_gain,
+                                              self._spared())  # (C_out,)
                     self.add_loss(self.cost_weight * ops.sum(activity))
                 hard = self.gate.hard_decisions(scores)
                 self.active_rate.assign(ops.cast(ops.mean(hard, axis=0), "float32"))
@@ -213,6 +224,10 @@ class SPMConv2D(keras.layers.Layer):
         if return_decisions:
             return y, decisions
         return y
+
+    def _spared(self):
+        """Channels of highest mean score the cost loss leaves alone (`cost_floor`)."""
+        return math.ceil(self.cost_floor * self.filters - 1e-9)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
@@ -261,23 +276,29 @@ class SPMConv2D(keras.layers.Layer):
                 "gate_bias_init": gate["bias_init"],
                 "gate_bias_spread": gate["bias_spread"],
                 "gate_rescale": gate["rescale"],
+                "cost_floor": self.cost_floor,
             }
         )
         config.update(_batch_norm.config(self.bn))
         return config
 
 
-def _soft_activity(scores, gain):
+def _soft_activity(scores, gain, spared=0):
     """Per-channel cost term of paper eq. 9, `(C_out,)`.
 
     Its value is `mean_i sigmoid(g[i, c])`, the L1 norm of the non-negative saliency;
     its gradient with respect to `g[i, c]` is `gain / batch` (straight-through), not
     `sigmoid'(g)`, which vanishes for saturated gates: lambda must be able to reopen a
     channel closed far below zero, and close one far above, as fast as an undecided one.
+    The `spared` channels of highest `mean_i g[i, c]` get no gradient from it.
     """
     soft = ops.mean(ops.sigmoid(scores), axis=0)
-    linear = ops.mean(scores, axis=0)
-    return ops.stop_gradient(soft) + gain * (linear - ops.stop_gradient(linear))
+    linear = ops.mean(scores, axis=0)  # (C_out,)
+    push = gain * (linear - ops.stop_gradient(linear))
+    if spared:
+        kth = ops.top_k(ops.stop_gradient(linear), spared, sorted=True)[0][-1]
+        push = push * ops.cast(ops.less(linear, kth), push.dtype)
+    return ops.stop_gradient(soft) + push
 
 
 def _pair(value):

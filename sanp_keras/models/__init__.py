@@ -10,3 +10,4 @@ from sanp_keras.models.registry import register_model as register_model
 from sanp_keras.models.shipped import describe_pretrained as describe_pretrained
 from sanp_keras.models.shipped import list_pretrained as list_pretrained
 from sanp_keras.models.shipped import pretrained as pretrained
+from sanp_keras.models.shipped import save_pretrained as save_pretrained

@@ -157,3 +157,29 @@ def test_rescale_none_keeps_open_channels_unscaled_and_closed_ones_zero():
     assert restored.gate.rescale == "none"
     with pytest.raises(ValueError, match="rescale='tanh'"):
         SPMConv2D(8, 3, gate_rescale="tanh")
+
+
+def test_cost_floor_spares_the_highest_scoring_channels_from_the_cost_push():
+    x = _x()
+    pushes = {}
+    for floor in (0.0, 0.25):
+        layer = _random_layer(x, cost_floor=floor)
+        layer.cost_weight.assign(1.0)
+        layer.cost_gain.assign(1.0)
+        w = _weights(layer)
+        with tf.GradientTape() as tape:
+            layer(x, training=True)
+            cost = layer.losses[0]
+        pushes[floor] = tape.gradient(cost, layer.gate.excite_bias).numpy()  # (12,)
+        # the value is the paper's term whatever the floor
+        g = oracle.gate_scores(x, w["gate/squeeze_kernel"], w["gate/squeeze_bias"],
+                               w["gate/excite_kernel"], w["gate/excite_bias"])
+        np.testing.assert_allclose(float(cost), oracle.sigmoid(g).mean(0).sum(), rtol=1e-4)
+    top3 = np.argsort(-g.mean(0))[:3]  # ceil(0.25 * 12) channels of highest mean score
+    np.testing.assert_allclose(pushes[0.0], np.ones(12), rtol=1e-5)  # gain 1, batch mean
+    expected = np.ones(12)
+    expected[top3] = 0.0
+    np.testing.assert_allclose(pushes[0.25], expected, rtol=1e-5)
+    assert SPMConv2D.from_config(layer.get_config()).cost_floor == 0.25
+    with pytest.raises(ValueError, match="cost_floor=1.5"):
+        SPMConv2D(8, 3, cost_floor=1.5)
