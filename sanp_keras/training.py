@@ -113,6 +113,17 @@ def fit_stage(stage_dir, build, compile_model, train_ds, epochs, val_ds=None,
             print(f"[{os.path.basename(stage_dir)}] done ({initial_epoch} epochs), skipping.")
             return model
         print(f"[{os.path.basename(stage_dir)}] resuming after epoch {initial_epoch}.")
+        if getattr(model, "optimizer", None) is None:  # a `snapshot_stage` resume point
+            compile_model(model)
+            steps = int(train_ds.cardinality())
+            if steps < 0:
+                raise ValueError(f"Resuming {stage_dir} from a checkpoint without optimizer "
+                                 "state needs a dataset of known length (its learning-rate "
+                                 f"schedule restarts at step epoch * steps); got {steps}.")
+            model.optimizer.iterations.assign(initial_epoch * steps)
+            print(f"[{os.path.basename(stage_dir)}] the checkpoint has no optimizer state: "
+                  f"a fresh optimizer starts at step {initial_epoch * steps} of its "
+                  "schedule (the momentum restarts at zero).")
     else:
         model = build()
         compile_model(model)
@@ -139,6 +150,31 @@ def fit_stage(stage_dir, build, compile_model, train_ds, epochs, val_ds=None,
             f"train_cifar.py --clipnorm=1), then remove {stage_dir} to start the stage "
             "afresh: a checkpoint resumes with the optimizer it was saved with.")
     return model
+
+
+def snapshot_stage(stage_dir, dest_dir):
+    """Copies a stage's last checkpoint to `dest_dir` without its optimizer state.
+
+    The copy (`state.json` and `ckpt-<epoch>.keras`, about half the size of a checkpoint
+    with the momentum) is small enough to commit; copied back as a stage folder, it
+    resumes there on a fresh machine: `fit_stage` compiles it anew and starts the
+    optimizer's schedule at the step the epoch ended on.
+
+    Returns:
+        The path of the copied checkpoint.
+    """
+    state = read_state(stage_dir)
+    if state is None:
+        raise ValueError(f"No finished epoch to snapshot in {stage_dir!r} (no {STATE_FILE}).")
+    model = keras.models.load_model(os.path.join(stage_dir, state["checkpoint"]), compile=False)
+    os.makedirs(dest_dir, exist_ok=True)
+    path = os.path.join(dest_dir, state["checkpoint"])
+    model.save(path)
+    for name in os.listdir(dest_dir):  # one resume point per folder
+        if name.startswith("ckpt-") and name != state["checkpoint"]:
+            os.remove(os.path.join(dest_dir, name))
+    write_json_atomic(os.path.join(dest_dir, STATE_FILE), state)
+    return path
 
 
 def set_backbone_trainable(model, trainable):

@@ -72,6 +72,43 @@ def test_stage_resumes_after_the_last_finished_epoch_with_the_same_lambda(tmp_pa
     assert isinstance(model, keras.Model)
 
 
+def test_a_snapshot_without_optimizer_resumes_at_the_schedule_step_it_ended_on(tmp_path):
+    x, y = _data(256)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)  # 8 steps an epoch
+    stage, copy = str(tmp_path / "stage"), str(tmp_path / "copy")
+
+    def cosine(model):
+        lr = keras.optimizers.schedules.CosineDecay(0.05, 8 * 3)
+        model.compile(keras.optimizers.SGD(lr, momentum=0.9),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    trained = training.fit_stage(stage, _model, cosine, ds, epochs=1, verbose=0)
+    path = training.snapshot_stage(stage, copy)
+    assert os.path.getsize(path) < os.path.getsize(os.path.join(stage, "ckpt-1.keras"))
+    assert training.read_state(copy)["epoch"] == 1
+    resumed = []
+    original_fit = keras.Model.fit
+
+    def fit(self, *args, **kwargs):
+        resumed.append((kwargs["initial_epoch"], int(self.optimizer.iterations.numpy()),
+                        [w.copy() for w in self.get_weights()]))
+        return original_fit(self, *args, **kwargs)
+
+    keras.Model.fit = fit
+    try:
+        model = training.fit_stage(copy, _model, cosine, ds, epochs=2, verbose=0)
+    finally:
+        keras.Model.fit = original_fit
+    (epoch, step, weights), = resumed
+    assert epoch == 1 and step == 8
+    for w, t in zip(weights, trained.get_weights()):
+        np.testing.assert_array_equal(w, t)
+    assert int(model.optimizer.iterations.numpy()) == 16
+    assert training.read_state(copy)["epoch"] == 2
+    with pytest.raises(ValueError, match="no state.json"):
+        training.snapshot_stage(str(tmp_path / "nothing"), copy)
+
+
 def test_a_diverging_stage_stops_and_keeps_its_last_good_checkpoint(tmp_path):
     x, y = _data(256)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)  # 8 steps an epoch
