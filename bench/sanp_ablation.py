@@ -15,7 +15,10 @@ from the same backbone, images, held-out split and seed. Writes `<results>.json`
 `<results>.md`: top-1 error and mean cost on the test images, the landing, and the
 controller's cost at the end of each fine-tune epoch (how far it swings). Runs are
 resumable (each is a `train_cifar.py` run in `<output_dir>/<name>`); a finished run is
-read back from its `report/report.json`.
+read back from its `report/report.json`, or, where `<output_dir>` is gone (a fresh
+machine), from the row of the same name and overrides in `<results>.json` if that file
+was written by the same command up to `--configs`: add configs to a committed table
+without training its rows again.
 """
 
 import csv
@@ -36,7 +39,7 @@ RESULTS = flags.DEFINE_string("results", "bench/results/sanp_ablation", "Output 
 FLAGS = flags.FLAGS
 FLAGS.set_default("output_dir", "runs/ablation")
 FLAGS.set_default("export", "none")
-RUN_FLAGS = ("backbone", "budget", "gate_speed", "cost_weighting", "budget_ramp",
+RUN_FLAGS = ("backbone", "budget", "gate_speed", "cost_weighting", "allocation", "budget_ramp",
              "land_budget", "mode", "warmup_epochs", "finetune_epochs", "warmup_lr",
              "finetune_lr", "batch_size", "clipnorm", "weight_decay", "lr_warmup_epochs",
              "distill", "distill_temperature", "gate_noise", "discrete_fraction",
@@ -83,13 +86,39 @@ def open_per_layer(result):
             for name, layer in result.get("per_layer", {}).items()}
 
 
+def _without_configs(command):
+    return [arg for arg in command.split(" ") if not arg.startswith("--configs=")]
+
+
+def committed_rows(stem, command):
+    """{name: row} of `<stem>.json` if it was written by `command` up to `--configs`."""
+    path = stem + ".json"
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        saved = json.load(f)
+    if _without_configs(saved.get("command", "")) != _without_configs(command):
+        return {}
+    return {row["name"]: row for row in saved.get("results", [])}
+
+
 def run(configs, command):
-    data = datasets.load(FLAGS.dataset, FLAGS.data_dir, download=FLAGS.download)
-    data = data.subset(FLAGS.train_subset, FLAGS.test_subset, seed=FLAGS.seed)
+    committed = committed_rows(RESULTS.value, command)
+    if all(committed.get(name, {}).get("overrides") == overrides
+           for name, overrides in configs):
+        data = None
+    else:
+        data = datasets.load(FLAGS.dataset, FLAGS.data_dir, download=FLAGS.download)
+        data = data.subset(FLAGS.train_subset, FLAGS.test_subset, seed=FLAGS.seed)
     rows = []
     for name, overrides in configs:
         out = os.path.join(FLAGS.output_dir, name)
         saved = os.path.join(out, "report", "report.json")
+        row = committed.get(name)
+        if not os.path.exists(saved) and row and row["overrides"] == overrides:
+            print(f"[{name}] done, read back from {RESULTS.value}.json.")
+            rows.append(row)
+            continue
         if os.path.exists(saved):
             with open(saved) as f:
                 result = json.load(f)

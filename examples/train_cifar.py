@@ -73,6 +73,10 @@ flags.DEFINE_enum("cost_weighting", "macs", list(sk.callbacks.budget.WEIGHTINGS)
                   "sanp / static: weight of a channel in the cost loss: its share of the "
                   "dense MACs (macs) or 1/N for all N gated channels (uniform, the "
                   "paper's eq. 9); see BudgetCallback.")
+flags.DEFINE_enum("allocation", "global", list(sk.callbacks.budget.ALLOCATIONS),
+                  "sanp / static: one lambda for the whole network (global, the paper) "
+                  "or one controller per layer holding each near FIXED-K's keep ratio "
+                  "(layer); see BudgetCallback.")
 flags.DEFINE_float("budget_ramp", 0.0,
                    "sanp / static: fraction of the fine-tune over which the controller's "
                    "target descends from dense to the budget (cubic, Zhu & Gupta 2017); "
@@ -183,7 +187,7 @@ def _compile(learning_rate, steps, epochs, cosine=True, clipnorm=None, weight_de
 
 
 def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
-        budget=0.5, gate_speed=0.03, cost_weighting="macs", budget_ramp=0.0, land_budget=True, slimming_l1=1e-4,
+        budget=0.5, gate_speed=0.03, cost_weighting="macs", allocation="global", budget_ramp=0.0, land_budget=True, slimming_l1=1e-4,
         mode="sanp",
         pretrained="shipped", backbone_epochs=6, warmup_epochs=1, finetune_epochs=6,
         backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01, batch_size=128, clipnorm=None,
@@ -199,8 +203,7 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
     data = (dataset if isinstance(dataset, datasets.ImageData)
             else datasets.load(dataset, data_dir, download=download))
     data = data.subset(train_subset, test_subset, seed=seed)
-    print(f"Training on {data.description}"
-          + (" (subset)" if train_subset or test_subset else "") + ".")
+    print(f"Training on {data.description}.")
     if isinstance(dataset, str) and dataset == "embedded":
         print("This is the small sample shipped with sanp_keras. For full CIFAR-10: "
               "--dataset=cifar10 --data_dir=DIR (see the script's docstring).")
@@ -311,6 +314,7 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         # 4. Fine-tune everything to the budget.
         callback = sk.BudgetCallback(
             budget=budget, gate_speed=gate_speed, weighting=cost_weighting,
+            allocation=allocation,
             calibration_data=calibration[:512],
             ramp_steps=int(round(budget_ramp * finetune_epochs * steps)))
         model = training.fit_stage(stage_dir("3_finetune"), unfrozen,
@@ -393,7 +397,7 @@ def main(argv):
     del argv
     run(**{name: FLAGS[name].value for name in (
         "backbone", "dataset", "data_dir", "download", "budget", "gate_speed",
-        "cost_weighting", "budget_ramp", "land_budget", "slimming_l1", "mode", "pretrained",
+        "cost_weighting", "allocation", "budget_ramp", "land_budget", "slimming_l1", "mode", "pretrained",
         "backbone_epochs", "warmup_epochs", "finetune_epochs", "backbone_lr", "warmup_lr",
         "finetune_lr", "batch_size", "clipnorm", "weight_decay", "lr_warmup_epochs",
         "distill", "distill_temperature", "gate_noise", "discrete_fraction", "gate_rescale",

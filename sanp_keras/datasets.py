@@ -73,8 +73,12 @@ class ImageData:
             index = np.sort(rng.permutation(len(split))[:n])
             return Split(split.images[index], split.labels[index])
 
-        return ImageData(pick(self.train, train), pick(self.test, test), self.class_names,
-                         self.description)
+        train_split, test_split = pick(self.train, train), pick(self.test, test)
+        description = self.description
+        if (len(train_split), len(test_split)) != (len(self.train), len(self.test)):
+            description += (f", subset of {len(train_split):,} train / "
+                            f"{len(test_split):,} test images")
+        return ImageData(train_split, test_split, self.class_names, description)
 
     def hold_out(self, count, seed=0):
         """`(data without them, held-out Split)`: `count` training images drawn at random

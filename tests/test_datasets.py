@@ -23,6 +23,8 @@ def test_embedded_sample_is_balanced_cifar10():
     assert np.bincount(data.test.labels).tolist() == [100] * 10
     sub = data.subset(300, 50, seed=1)
     assert len(sub.train) == 300 and len(set(sub.train.labels)) == 10  # a random draw
+    assert sub.description.endswith("subset of 300 train / 50 test images")
+    assert data.subset().description == data.description
 
 
 def _write_folder(root, corrupt=False):

@@ -9,6 +9,7 @@ from sanp_keras import flops
 from sanp_keras.layers import _checks
 
 WEIGHTINGS = ("macs", "uniform")
+ALLOCATIONS = ("global", "layer")
 INTEGRAL_BAND = 0.1  # the integral term accumulates only while |e| is below this
 
 
@@ -34,6 +35,26 @@ class BudgetCallback(keras.callbacks.Callback):
 
     so that the network loses its channels gradually (fast at first, while many are
     redundant, slowly near the budget) instead of all within the first epoch.
+
+    `allocation="layer"` (beyond the paper) gives every controlled layer a controller
+    of its own instead: with `k` the keep ratio that makes the model cost the budget
+    when every layer keeps that fraction of its channels (FIXED-K's k, from
+    `flops.expected_macs`) and `r_l` layer l's open fraction on the last `window`
+    training batches,
+
+        e_l = r_l - (k - O),   I_l = clip(I_l + integral_gain * e_l, -1, 1)  (|e_l| < 0.1),
+        lambda_l = alpha * clip(e_l + I_l, -1, 1),   cost weight lambda_l / N
+        O = clip(O + integral_gain * e, -1, 1)   while the mean |e_l| < 0.1
+
+    so each layer keeps about `k` of its channels on average, as FIXED-K does, while its
+    gates still choose which, and how many, per sample. The slow outer term `O` moves
+    all the layers' targets together by what the global (calibrated) gap `e` asks: the
+    open fractions of successive layers are not independent across samples, so `k`
+    alone misses the budget by some points. Global lambda lets the layers
+    whose classification gradient resists least (a residual branch alone is cheap to
+    lose) close first, down to empty layers; the per-layer target forbids that. The
+    global estimate is still computed, logged and calibrated, and the recipe's landing
+    moves the cost onto the budget afterwards.
 
     `integral_gain=0` gives the paper's linear controller exactly. A proportional
     controller settles where lambda balances the classification loss, which is a
@@ -83,6 +104,8 @@ class BudgetCallback(keras.callbacks.Callback):
         calibrate_every: batches between two calibrations.
         ramp_steps: batches over which the target descends to the budget (0: the
             budget from the first batch, the paper's controller).
+        allocation: `"global"` (one lambda, the paper) or `"layer"` (one controller
+            per layer around FIXED-K's keep ratio), see above.
 
     Example:
 
@@ -104,6 +127,7 @@ class BudgetCallback(keras.callbacks.Callback):
         calibration_data=None,
         calibrate_every=25,
         ramp_steps=0,
+        allocation="global",
     ):
         super().__init__()
         if (budget is None) == (budget_mmacs is None):
@@ -122,6 +146,12 @@ class BudgetCallback(keras.callbacks.Callback):
                 f"Invalid value for argument `weighting`. Expected one of {WEIGHTINGS}. "
                 f"Received: weighting={weighting!r}"
             )
+        if allocation not in ALLOCATIONS:
+            raise ValueError(
+                f"Invalid value for argument `allocation`. Expected one of {ALLOCATIONS}. "
+                f"Received: allocation={allocation!r}"
+            )
+        self.allocation = allocation
         self.budget = budget
         self.budget_mmacs = budget_mmacs
         self.alpha = _checks.check_float_in("alpha", alpha, 0.0, float("inf"), high_open=True)
@@ -143,6 +173,11 @@ class BudgetCallback(keras.callbacks.Callback):
         self.integral = 0.0
         self.flops_ratio = None
         self._estimates = collections.deque(maxlen=self.window)
+        self._layer_rates = collections.deque(maxlen=self.window)  # (layers,) each
+        self.layer_lambdas = None  # allocation="layer": {layer name: lambda_l}
+        self.layer_integrals = None
+        self.keep_target = None
+        self.keep_offset = 0.0  # O above
         self._nodes = None
 
     def set_model(self, model):
@@ -176,26 +211,51 @@ class BudgetCallback(keras.callbacks.Callback):
         total_filters = sum(g.filters for g in self._controlled)
         self._weights = {}
         for g in self._controlled:
-            if self.weighting == "macs":
+            if self.weighting == "macs" and self.allocation == "global":
                 self._weights[g.name] = layer_macs[g.name] / self.dense_macs / g.filters
             else:
                 self._weights[g.name] = 1.0 / total_filters
+        if self.allocation == "layer":
+            self.keep_target = self._uniform_keep_ratio()
+            # Resume: each layer carries lambda_l * w from the last run.
+            self.layer_lambdas = {g.name: float(g.cost_weight.numpy()) / self._weights[g.name]
+                                  for g in self._controlled}
+            self.layer_integrals = {name: float(np.clip(lam / self.alpha, -1.0, 1.0))
+                                    for name, lam in self.layer_lambdas.items()}
         # Resume: the layers carry lambda * w from the last run.
         if self._controlled:
             first = self._controlled[0]
             self.lambda_ = float(first.cost_weight.numpy()) / self._weights[first.name]
             self.integral = float(np.clip(self.lambda_ / self.alpha, -1.0, 1.0))
 
+    def _uniform_keep_ratio(self):
+        """FIXED-K's k: the open fraction of every gated layer that costs the budget."""
+        def cost(ratio):
+            rates = {g.name: np.full(g.filters, ratio) for g in self._gated}
+            return flops.expected_macs(self._nodes, rates, self.include_bias)
+
+        low, high = 0.0, 1.0
+        for _ in range(40):
+            mid = (low + high) / 2
+            low, high = (mid, high) if cost(mid) < self.budget_macs else (low, mid)
+        return (low + high) / 2
+
     def get_state(self):
         """The controller's state, JSON-serializable, for resuming (lambda itself also
         lives in the layers)."""
-        return {
+        state = {
             "lambda": self.lambda_,
             "integral": self.integral,
             "calibration": self.calibration,
             "estimates": [float(e) for e in self._estimates],
             "steps": self._steps,
         }
+        if self.layer_lambdas is not None:
+            state["layer_lambdas"] = dict(self.layer_lambdas)
+            state["layer_integrals"] = dict(self.layer_integrals)
+            state["layer_rates"] = [list(map(float, r)) for r in self._layer_rates]
+            state["keep_offset"] = self.keep_offset
+        return state
 
     def set_state(self, state):
         """Restores `get_state()`; takes effect at the next `on_train_begin`."""
@@ -210,13 +270,19 @@ class BudgetCallback(keras.callbacks.Callback):
             self.calibration = float(state["calibration"])
             self._estimates.extend(state["estimates"])
             self._steps = int(state["steps"])
+            if self.layer_lambdas is not None and "layer_lambdas" in state:
+                self.layer_lambdas.update(state["layer_lambdas"])
+                self.layer_integrals.update(state["layer_integrals"])
+                self._layer_rates.extend(np.asarray(r) for r in state["layer_rates"])
+                self.keep_offset = float(state["keep_offset"])
             self._pending_state = None
         self._assign()
 
     def _assign(self):
         gain = self.gate_speed * sum(g.filters for g in self._controlled)
         for g in self._controlled:
-            g.cost_weight.assign(self.lambda_ * self._weights[g.name])
+            lam = self.lambda_ if self.layer_lambdas is None else self.layer_lambdas[g.name]
+            g.cost_weight.assign(lam * self._weights[g.name])
             g.cost_gain.assign(gain)
 
     def estimate_macs(self):
@@ -243,8 +309,28 @@ class BudgetCallback(keras.callbacks.Callback):
             self.integral = float(np.clip(self.integral + self.integral_gain * gap, -1, 1))
         self.lambda_ = self.alpha * float(np.clip(gap + self.integral, -1.0, 1.0))
         self.flops_ratio = c_hat / self.dense_macs
+        if self.layer_lambdas is not None:
+            self._control_layers(gap)
         self._assign()
         self._write(logs)
+
+    def _control_layers(self, global_gap):
+        """allocation="layer": each layer's lambda from its open fraction's gap to
+        its target `k - O`; `O` from the global gap once the layers have settled."""
+        self._layer_rates.append(np.array([float(np.mean(g.active_rate.numpy()))
+                                           for g in self._controlled]))
+        rates = np.mean(self._layer_rates, axis=0)  # (layers,)
+        target = float(np.clip(self.keep_target - self.keep_offset, 0.0, 1.0))
+        if np.mean(np.abs(rates - target)) < INTEGRAL_BAND:
+            self.keep_offset = float(np.clip(
+                self.keep_offset + self.integral_gain * global_gap, -1, 1))
+        for g, rate in zip(self._controlled, rates):
+            gap = float(rate) - target
+            if abs(gap) < INTEGRAL_BAND:
+                self.layer_integrals[g.name] = float(np.clip(
+                    self.layer_integrals[g.name] + self.integral_gain * gap, -1, 1))
+            self.layer_lambdas[g.name] = self.alpha * float(
+                np.clip(gap + self.layer_integrals[g.name], -1.0, 1.0))
 
     def target_macs(self):
         """The target of the current batch: the budget, or on the ramp towards it."""
