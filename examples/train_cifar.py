@@ -129,6 +129,10 @@ flags.DEFINE_float("cost_floor", 0.0,
                    "sanp / static: fraction of every layer's channels (its highest scoring "
                    "ones) the cost loss never pushes to close, so that the controller "
                    "cannot empty a layer (0: the paper). Training only.")
+flags.DEFINE_enum("gate_gradient", "all", ["all", "task", "none"],
+                  "sanp / static: which losses reach the backbone through each gate's "
+                  "input: all (the paper), task (the cost loss trains the gates alone) or "
+                  "none (the gates read detached features).")
 flags.DEFINE_integer("calibration_images", 1000,
                      "Gated modes: training images held out of the fine-tune (at most a "
                      "fifth of them); the controller measures the inference cost on 512 of "
@@ -193,7 +197,7 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01, batch_size=128, clipnorm=None,
         weight_decay=5e-4, lr_warmup_epochs=0, distill=0.0, distill_temperature=4.0,
         gate_noise=1.0, discrete_fraction=0.5, gate_rescale="sigmoid",
-        cost_floor=0.0, calibration_images=1000, train_subset=None,
+        cost_floor=0.0, gate_gradient="all", calibration_images=1000, train_subset=None,
         test_subset=None, output_dir="runs/default", seed=0, verbose=None, command=None,
         export_kind="portable", save_pretrained=None):
     """Trains, prunes, evaluates and exports; returns the evaluation result (a dict)."""
@@ -280,7 +284,8 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         # 2. Gate every conv + BN. FIXED-K and FBS need the keep ratio meeting the budget.
         gate_options = {"seed": seed, "noise_stddev": gate_noise,
                         "discrete_fraction": discrete_fraction,
-                        "gate_rescale": gate_rescale, "cost_floor": cost_floor}
+                        "gate_rescale": gate_rescale, "cost_floor": cost_floor,
+                        "gate_gradient": gate_gradient}
         if mode in ("fixed_k", "fbs"):
             probe = sk.convert(model, mode=mode)
             gate_options["keep_ratio"] = training.fixed_k_keep_ratio(probe, budget)
@@ -401,7 +406,8 @@ def main(argv):
         "backbone_epochs", "warmup_epochs", "finetune_epochs", "backbone_lr", "warmup_lr",
         "finetune_lr", "batch_size", "clipnorm", "weight_decay", "lr_warmup_epochs",
         "distill", "distill_temperature", "gate_noise", "discrete_fraction", "gate_rescale",
-        "cost_floor", "calibration_images", "train_subset", "test_subset", "output_dir",
+        "cost_floor", "gate_gradient", "calibration_images", "train_subset", "test_subset",
+        "output_dir",
         "seed")},
         command="python " + " ".join(sys.argv), export_kind=FLAGS.export,
         save_pretrained=FLAGS.save_pretrained)

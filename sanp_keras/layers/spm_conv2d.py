@@ -10,6 +10,9 @@ from sanp_keras.layers import _checks
 from sanp_keras.layers.saliency_gate import SaliencyGate
 
 
+GATE_GRADIENTS = ("all", "task", "none")
+
+
 @keras.saving.register_keras_serializable(package="sanp_keras")
 class SPMConv2D(keras.layers.Layer):
     """Convolution + batch norm + saliency rescaling + channel gate.
@@ -51,6 +54,12 @@ class SPMConv2D(keras.layers.Layer):
         cost_floor: fraction of the channels the cost loss never pushes to close
             (those of highest mean score in each training batch; 0: every channel,
             the paper). Training only: inference decides as always, `1[g > 0]`.
+        gate_gradient: which losses reach the layers before this one through the
+            gate's input `x` (one of `GATE_GRADIENTS`): `"all"` (the paper: the task
+            loss and the cost loss of eq. 9), `"task"` (the cost loss trains the gate
+            alone, so the controller's pressure never reshapes the backbone's
+            features) or `"none"` (the gate reads a detached copy of `x`).
+            The gate's own weights train from both losses in every case.
         backbone_trainable: whether the convolution and batch norm train; False
             trains the gate alone (the paper's warm-up). Saved with the layer.
 
@@ -100,6 +109,7 @@ class SPMConv2D(keras.layers.Layer):
         gate_bias_spread=1.0,
         gate_rescale="sigmoid",
         cost_floor=0.0,
+        gate_gradient="all",
         seed=None,
         backbone_trainable=True,
         **kwargs,
@@ -121,6 +131,12 @@ class SPMConv2D(keras.layers.Layer):
         self.mode = _checks.check_mode(mode)
         self.cost_floor = _checks.check_float_in("cost_floor", cost_floor, 0.0, 1.0,
                                                  low_open=False)
+        if gate_gradient not in GATE_GRADIENTS:
+            raise ValueError(
+                f"Invalid value for argument `gate_gradient` of layer '{self.name}'. "
+                f"Expected one of {GATE_GRADIENTS}. Received: gate_gradient={gate_gradient!r}"
+            )
+        self.gate_gradient = gate_gradient
         self.use_batch_norm = bool(use_batch_norm)
         self.activation = keras.activations.get(activation)
         self.conv = keras.layers.Conv2D(
@@ -210,12 +226,19 @@ class SPMConv2D(keras.layers.Layer):
         if self.mode == "dense":
             decisions = ops.ones((ops.shape(y)[0], self.filters), dtype=y.dtype)
         else:
-            scores, decisions = self.gate(inputs, training=training)  # (B, C_out) x2
+            gate_inputs = inputs
+            if self.gate_gradient == "none":
+                gate_inputs = ops.stop_gradient(inputs)
+            scores, decisions = self.gate(gate_inputs, training=training)  # (B, C_out) x2
             saliency = self.gate.scale(scores)  # (B, C_out), g' in METHOD.md
             y = y * (decisions * saliency)[:, None, None, :]
             if training:
                 if self.gates_cost:
-                    activity = _soft_activity(scores, self.cost_gain,
+                    cost_scores = scores
+                    if self.gate_gradient == "task":
+                        # The same scores, but the cost's gradient stops at the gate.
+                        cost_scores = self.gate.saliency(ops.stop_gradient(inputs))
+                    activity = _soft_activity(cost_scores, self.cost_gain,
                                               self._spared())  # (C_out,)
                     self.add_loss(self.cost_weight * ops.sum(activity))
                 hard = self.gate.hard_decisions(scores)
@@ -277,6 +300,7 @@ class SPMConv2D(keras.layers.Layer):
                 "gate_bias_spread": gate["bias_spread"],
                 "gate_rescale": gate["rescale"],
                 "cost_floor": self.cost_floor,
+                "gate_gradient": self.gate_gradient,
             }
         )
         config.update(_batch_norm.config(self.bn))

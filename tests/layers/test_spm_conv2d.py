@@ -183,3 +183,48 @@ def test_cost_floor_spares_the_highest_scoring_channels_from_the_cost_push():
     assert SPMConv2D.from_config(layer.get_config()).cost_floor == 0.25
     with pytest.raises(ValueError, match="cost_floor=1.5"):
         SPMConv2D(8, 3, cost_floor=1.5)
+
+
+def _input_gradients(layer, x):
+    """Gradients of the cost loss and of the output w.r.t. the input and the gate's
+    first kernel, one training call with a fixed seed."""
+    x = tf.constant(x)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        cost = layer.losses[0]
+        task = tf.reduce_sum(y * y)
+    grads = {
+        "cost_x": tape.gradient(cost, x),
+        "cost_gate": tape.gradient(cost, layer.gate.squeeze_kernel),
+        "task_x": tape.gradient(task, x),
+        "task_gate": tape.gradient(task, layer.gate.squeeze_kernel),
+    }
+    return {k: (np.zeros(x.shape) if v is None else v.numpy()) for k, v in grads.items()}
+
+
+def test_gate_gradient_decides_which_losses_reach_the_layer_input():
+    x = _x()
+    grads = {}
+    for choice in ("all", "task", "none"):
+        layer = _random_layer(x, gate_gradient=choice, noise_stddev=0.0,
+                              discrete_fraction=0.0, seed=3)
+        layer.cost_weight.assign(1.0)
+        grads[choice] = _input_gradients(layer, x)
+    # the gate's weights learn from both losses whatever the choice
+    for choice, g in grads.items():
+        assert np.abs(g["cost_gate"]).max() > 0, choice
+        assert np.abs(g["task_gate"]).max() > 0, choice
+        np.testing.assert_allclose(g["cost_gate"], grads["all"]["cost_gate"], rtol=1e-5)
+        np.testing.assert_allclose(g["task_gate"], grads["all"]["task_gate"], rtol=1e-5)
+    # the paper: the cost loss reaches the features through the gate's input
+    assert np.abs(grads["all"]["cost_x"]).max() > 1e-4
+    # task: the cost stops at the gate, the task gradient is the paper's
+    np.testing.assert_array_equal(grads["task"]["cost_x"], 0.0)
+    np.testing.assert_allclose(grads["task"]["task_x"], grads["all"]["task_x"], rtol=1e-5)
+    # none: the input gets the convolution's gradient only, which differs
+    np.testing.assert_array_equal(grads["none"]["cost_x"], 0.0)
+    assert np.abs(grads["none"]["task_x"] - grads["all"]["task_x"]).max() > 1e-5
+    assert SPMConv2D.from_config(layer.get_config()).gate_gradient == "none"
+    with pytest.raises(ValueError, match="gate_gradient='both'"):
+        SPMConv2D(8, 3, gate_gradient="both")
