@@ -39,6 +39,7 @@ _GATE_OPTIONS = (
     "gate_bias_spread",
     "gate_rescale",
     "cost_floor",
+    "gate_gradient",
     "seed",
 )
 
@@ -163,7 +164,7 @@ def convert(model, mode="sanp", on_unsupported="warn", **gate_options):
             a warning naming it and why) or `"raise"` (a `ValueError` instead).
         **gate_options: passed to every `SPMConv2D`: `reduction`, `min_hidden`,
             `keep_ratio`, `noise_stddev`, `discrete_fraction`, `gate_bias_init`,
-            `gate_bias_spread`, `gate_rescale`, `cost_floor`, `seed`.
+            `gate_bias_spread`, `gate_rescale`, `cost_floor`, `gate_gradient`, `seed`.
 
     Returns:
         A new functional `keras.Model`; the original is left untouched.
@@ -184,7 +185,7 @@ def convert(model, mode="sanp", on_unsupported="warn", **gate_options):
             f"Unknown gate option(s) {sorted(unknown)}. Expected some of "
             f"{list(_GATE_OPTIONS)}. Received: {gate_options}"
         )
-    functional = graph.as_functional(model)
+    functional = graph.inline_nested(model)  # nested models become their layers
     pairs, depthwise = _plan(functional, on_unsupported)
     fused_bns = {id(bn) for bn in pairs.values()}
     fused_bns |= {id(bn) for _, bn in depthwise.values() if bn is not None}
@@ -222,8 +223,10 @@ def convert(model, mode="sanp", on_unsupported="warn", **gate_options):
                 name=layer.name,
                 **_batch_norm.config(depthwise[layer.name][1]),
             )
+        elif not isinstance(layer, keras.layers.Layer):
+            new = layer  # a bare `keras.ops` operation (`x + 3`): stateless, reused
         else:
-            new = layer.__class__.from_config(layer.get_config())
+            new = _copy_layer(layer)
         clones[id(layer)] = new
         return new
 
@@ -250,11 +253,28 @@ def convert(model, mode="sanp", on_unsupported="warn", **gate_options):
                 _copy_weights(bn, new.bn)
             return y
         y = new(*args, **kwargs)
-        if new.weights:
+        if _has_weights(new):
             _copy_weights(originals[new.name], new)
         return y
 
     return keras.models.clone_model(functional, clone_function=clone, call_function=call)
+
+
+def _copy_layer(layer):
+    """A fresh layer of the same class and config (weights copied later)."""
+    try:
+        return layer.__class__.from_config(layer.get_config())
+    except Exception as error:  # a custom layer whose config does not round-trip
+        raise ValueError(
+            f"Cannot copy layer '{layer.name}' ({type(layer).__name__}): "
+            f"`from_config(get_config())` fails with {type(error).__name__}: {error}. "
+            "Give the layer a `get_config` that returns its constructor's arguments."
+        ) from error
+
+
+def _has_weights(operation):
+    """Whether a graph operation carries weights (bare `keras.ops` ones never do)."""
+    return isinstance(operation, keras.layers.Layer) and bool(operation.weights)
 
 
 def strip(model):
@@ -273,8 +293,10 @@ def strip(model):
         if id(layer) not in clones:
             if isinstance(layer, (SPMConv2D, GatedDepthwiseConv2D)):
                 clones[id(layer)] = layer  # replaced by plain layers in `call`
+            elif not isinstance(layer, keras.layers.Layer):
+                clones[id(layer)] = layer  # a bare `keras.ops` operation
             else:
-                clones[id(layer)] = layer.__class__.from_config(layer.get_config())
+                clones[id(layer)] = _copy_layer(layer)
         return clones[id(layer)]
 
     def call(layer, *args, **kwargs):
@@ -286,7 +308,7 @@ def strip(model):
         if isinstance(layer, GatedDepthwiseConv2D):
             return _plain_layers(layer, layer.depthwise, keras.layers.DepthwiseConv2D, args[0][0])
         y = layer(*args, **kwargs)
-        if layer.weights:
+        if _has_weights(layer):
             _copy_weights(originals[layer.name], layer)
         return y
 

@@ -19,6 +19,7 @@ during training).
 """
 
 import dataclasses
+import functools
 
 import keras
 import numpy as np
@@ -271,3 +272,56 @@ def as_functional(model):
         "sanp_keras works on functional and Sequential Keras models; subclassed "
         f"models cannot be traced. Received: model of type {type(model).__name__}"
     )
+
+
+def inline_nested(model):
+    """The functional view of `model` with every nested functional or Sequential model
+    (one used as a layer) replaced by its own layers, recursively: one flat graph.
+
+    The layers are the same objects (weights shared with `model`); a nested model
+    called twice contributes its layers twice, as a shared layer would. `model`'s
+    functional view itself is returned when nothing is nested.
+
+    Raises:
+        ValueError: for a nested subclassed model (naming it), or when two different
+            layers of the flat graph share a name (naming it and both owners).
+    """
+    functional = as_functional(model)
+    if not any(isinstance(n.operation, keras.Model) for n in model_nodes(functional)):
+        return functional
+    _check_unique_names(functional, {})
+
+    def call(operation, *args, **kwargs):
+        if not isinstance(operation, keras.Model):
+            return operation(*args, **kwargs)
+        inner = as_functional(operation)
+        outputs = inner._run_through_graph(
+            inner._standardize_inputs(args[0]),
+            operation_fn=lambda op: functools.partial(call, op),
+        )
+        if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
+            return outputs[0]
+        return outputs
+
+    return keras.models.clone_model(functional, clone_function=lambda layer: layer,
+                                    call_function=call)
+
+
+def _check_unique_names(functional, seen):
+    """Fills `seen` (name -> (layer, owner name)) with the layers of `functional` and
+    of the models nested in it; raises if two different layers share a name."""
+    for node in model_nodes(functional):
+        layer = node.operation
+        if isinstance(layer, keras.Model):
+            try:
+                inner = as_functional(layer)
+            except ValueError as error:
+                raise ValueError(f"Cannot inline nested model '{layer.name}': {error}") from None
+            _check_unique_names(inner, seen)
+            continue
+        other, owner = seen.setdefault(layer.name, (layer, functional.name))
+        if other is not layer:
+            raise ValueError(
+                f"Cannot flatten the nested models: two layers are named '{layer.name}' "
+                f"(in '{owner}' and in '{functional.name}'). Rename one of them."
+            )

@@ -149,3 +149,113 @@ def test_ungateable_layers_stay_dense_with_a_warning_or_raise():
 def test_bad_arguments_name_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         sk.convert(_mixed_model(), **kwargs)
+
+
+def _hard_swish(x):
+    return x * keras.ops.relu6(x + 3.0) / 6.0  # bare keras.ops operations in the graph
+
+
+def _ops_model():
+    """MobileNetV3's pattern: `keras.ops` arithmetic (no layers) between the pairs."""
+    inputs = keras.Input((8, 8, 3))
+    x = _hard_swish(_conv_bn(inputs, 8, 3, "a", act=False))
+    x = _hard_swish(_conv_bn(x, 8, 3, "b", act=False))
+    x = keras.ops.mean(x, axis=(1, 2))
+    return oracle.randomize_model(keras.Model(inputs, keras.layers.Dense(3, name="head")(x)),
+                                  seed=1)
+
+
+def _nested_model(inner_name="inner"):
+    """A functional block used as a layer, itself holding a Sequential block."""
+    seq = keras.Sequential([keras.Input((8, 8, 8)),
+                            keras.layers.Conv2D(8, 1, use_bias=False, name="seq_conv"),
+                            keras.layers.BatchNormalization(name="seq_bn")], name="seq_block")
+    block_in = keras.Input((8, 8, 8))
+    y = keras.layers.ReLU(name="seq_relu")(seq(_conv_bn(block_in, 8, 3, inner_name)))
+    block = keras.Model(block_in, keras.layers.Add(name="block_add")([block_in, y]),
+                        name="block")
+    inputs = keras.Input((8, 8, 3))
+    x = block(_conv_bn(inputs, 8, 3, "stem"))
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return oracle.randomize_model(keras.Model(inputs, keras.layers.Dense(3, name="head")(x)),
+                                  seed=2)
+
+
+def _shared_and_multi_io_model():
+    """Two inputs, two outputs, one conv + BN pair called twice."""
+    a, b = keras.Input((8, 8, 3), name="a"), keras.Input((8, 8, 3), name="b")
+    x = keras.layers.Concatenate(name="cat")([_conv_bn(a, 4, 3, "ca"), _conv_bn(b, 4, 3, "cb")])
+    conv = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="shared_conv")
+    bn = keras.layers.BatchNormalization(name="shared_bn")
+    x = keras.layers.ReLU(name="r1")(bn(conv(x)))
+    x = keras.layers.ReLU(name="r2")(bn(conv(x)))
+    p = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = [keras.layers.Dense(3, name="h1")(p), keras.layers.Dense(2, name="h2")(p)]
+    return oracle.randomize_model(keras.Model([a, b], outputs), seed=4)
+
+
+def _assert_same_outputs(a, b, x):
+    for u, v in zip(keras.tree.flatten(a.predict(x, verbose=0)),
+                    keras.tree.flatten(b.predict(x, verbose=0))):
+        np.testing.assert_allclose(u, v, atol=1e-5)
+
+
+@pytest.mark.parametrize("build", [_ops_model, _nested_model])
+def test_ops_and_nested_models_convert_strip_and_train(build):
+    model = build()
+    x = _images()
+    _assert_same_outputs(sk.convert(model, mode="dense"), model, x)
+    gated = sk.convert(model, reduction=2)
+    expected = {"a_conv", "b_conv"} if build is _ops_model else {"stem_conv", "inner_conv",
+                                                                   "seq_conv"}
+    assert {layer.name for layer in flops.gated_layers(gated)} == expected
+    _assert_same_outputs(sk.strip(gated), model, x)
+    gated.compile("sgd", "sparse_categorical_crossentropy")
+    gated.fit(x, np.zeros(len(x)), epochs=1, verbose=0,
+              callbacks=[sk.BudgetCallback(0.5, calibration_data=x)])
+    assert np.isfinite(gated.evaluate(x, np.zeros(len(x)), verbose=0))
+
+
+def test_shared_layers_stay_dense_and_multi_io_models_convert():
+    model = _shared_and_multi_io_model()
+    x = [_images(seed=0), _images(seed=1)]
+    with pytest.warns(UserWarning, match="'shared_conv' stays dense: it is called more than"):
+        gated = sk.convert(model, reduction=2)
+    assert {layer.name for layer in flops.gated_layers(gated)} == {"ca_conv", "cb_conv"}
+    _assert_same_outputs(sk.strip(gated), model, x)
+    with pytest.warns(UserWarning, match="shared_conv"):
+        _assert_same_outputs(sk.convert(model, mode="dense"), model, x)
+
+
+def test_a_name_clash_between_nested_models_is_refused_naming_the_layer():
+    model = _nested_model(inner_name="stem")  # the block's conv is named like the stem's
+    with pytest.raises(ValueError, match="two layers are named 'stem_conv'.*'block'"):
+        sk.convert(model)
+
+
+class _Doubler(keras.layers.Layer):
+    """A custom layer whose constructor needs an argument its config does not hold."""
+
+    def __init__(self, factor, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+
+
+class _Subclassed(keras.Model):
+    def call(self, x):
+        return x * 2.0
+
+
+@pytest.mark.parametrize("layer, message", [
+    (_Doubler(np.array([2.0], "float32"), name="doubler"), r"Cannot copy layer 'doubler' \(_Doubler\)"),
+    (_Subclassed(name="sub"), "Cannot inline nested model 'sub'.*subclassed"),
+])
+def test_constructs_convert_cannot_copy_are_refused_naming_the_layer(layer, message):
+    inputs = keras.Input((8, 8, 3))
+    x = layer(_conv_bn(inputs, 4, 3, "a"))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    with pytest.raises(ValueError, match=message):
+        sk.convert(model)
