@@ -42,11 +42,38 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+def _start_tensorflow_quietly():
+    """Imports TensorFlow and probes its devices with the process's stderr closed.
+
+    Its start-up lines (oneDNN, CUDA probing on a machine without a GPU) come before
+    its log level applies and ask nothing of a user; a failed import still raises here.
+    `SANP_STARTUP_LOGS=1` shows them.
+    """
+    if os.environ.get("SANP_STARTUP_LOGS") == "1":
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+_start_tensorflow_quietly()
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 import sanp_keras as sk  # noqa: E402
 from sanp_keras import datasets  # noqa: E402
@@ -400,6 +427,9 @@ def export_and_check(model, kind, test, output_dir, images=200):
 
 def main(argv):
     del argv
+    if not FLAGS["verbosity"].present:  # progress, the report and real warnings only
+        logging.set_verbosity(logging.WARNING)
+        tf.get_logger().setLevel("WARNING")
     run(**{name: FLAGS[name].value for name in (
         "backbone", "dataset", "data_dir", "download", "budget", "gate_speed",
         "cost_weighting", "allocation", "budget_ramp", "land_budget", "slimming_l1", "mode", "pretrained",

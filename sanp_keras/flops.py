@@ -191,11 +191,18 @@ def decision_function(model):
 
     Returns:
         A callable `f(x) -> dict` from the name of each non-dense SPMConv2D to its
-        `(batch, filters)` 0/1 decisions.
+        `(batch, filters)` 0/1 decisions. It is traced once, for any batch size (its
+        inputs are cast to the model's input dtypes); `f.tracing_count()` says how
+        many times it was.
     """
     functional = graph.as_functional(model)
+    # One trace for every batch size: the batch dimension is left open.
+    specs = keras.tree.map_structure(
+        lambda t: tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype),
+        functional._inputs_struct,
+    )
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=[specs])
     def run(x):
         recorded = {}
 
@@ -210,7 +217,11 @@ def decision_function(model):
         functional._run_through_graph(x, operation_fn=lambda op: op, call_fn=call)
         return recorded
 
-    return run
+    def decisions(x):
+        return run(keras.tree.map_structure(lambda v, spec: tf.cast(v, spec.dtype), x, specs))
+
+    decisions.tracing_count = run.experimental_get_tracing_count
+    return decisions
 
 
 def _batches(data, batch_size):

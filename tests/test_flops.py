@@ -102,6 +102,20 @@ def test_measure_equals_a_brute_force_count():
     np.testing.assert_allclose(result["pruned_fraction"], 1 - expected.mean() / result["dense_macs"])
 
 
+def test_decision_function_traces_once_for_every_batch_size_and_dtype():
+    model = _branchy_gated_model()
+    run = flops.decision_function(model)
+    x = _images(7, 0)
+    full = run(x)
+    for n in (1, 2, 5):
+        part = run(x[:n])
+        for name, value in part.items():
+            np.testing.assert_array_equal(value, np.asarray(full[name])[:n])
+    run(np.clip(x, 0, 255).astype("uint8"))  # cast to the model's float input
+    flops.collect_decisions(model, x, batch_size=3, run=run)  # batches of 3, 3, 1
+    assert run.tracing_count() == 1
+
+
 def test_measure_reports_per_layer_categories_and_histograms():
     model = _branchy_gated_model()
     x = _images(30, 1)
