@@ -97,7 +97,7 @@ def test_application_converts_trains_strips_saves_and_exports(name, tmp_path):
 
     for kind in ("masked", "portable"):
         file = export.export_tflite(gated, str(tmp_path / f"{name}_{kind}.tflite"), kind,
-                                    decisions=True)
+                                    calibration_data=x, decisions=True)
         result = export.parity.check_file(gated, file, kind, x)
         assert result["decisions_equal"] == 1.0, (kind, export.parity.summary(result))
         assert result["top1_equal"] == 1.0, (kind, export.parity.summary(result))

@@ -1,6 +1,7 @@
 """`export_tflite`: a gated Keras model to a `.tflite` file of one of three kinds."""
 
 import os
+import warnings
 
 from sanp_keras import flops
 from sanp_keras.export import builders
@@ -24,10 +25,19 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
             (dense convolutions times the gates, any batch: the reference), or
             `"kernels"` (batch 1, gated convolutions as `SanpGatedConv2D` custom ops
             run by the C kernels of `tflite/`: see `sanp_keras.export.KernelRunner`).
-        calibration_data: images (N, H, W, C). `portable`: channels open for all of
-            them get a static, XNNPACK-friendly convolution. `kernels`: layers that
-            prune little on them stay builtin convolutions (`layer_choice`).
-            Optional; the model stays exact on every input either way.
+        calibration_data: images (N, H, W, C), what the speed of `portable` and
+            `kernels` rests on; the model stays exact on every input either way.
+            `portable`: a layer that prunes little on them stays a dense CONV_2D times
+            its gates, the others gather their open channels, the ones open for all
+            of them in a static, XNNPACK-friendly convolution (`layer_choice`).
+            Without it every gated layer of a `portable` export is a dense CONV_2D
+            times its gates (about the dense model's speed, never slower, no
+            speed-up; a warning says so): gathering costs several times a dense
+            convolution where few channels close, and nothing tells which layers
+            close many. `kernels`: layers that prune little on them stay builtin
+            convolutions; without it every gated layer is a custom op (faster than
+            dense where a layer prunes about half its MACs or more, slower where it
+            prunes little).
         decisions: add every gate's decisions as outputs "decisions_NNN" (for parity
             checks), besides "output".
         batch_size: the input's batch dimension; None (any) is allowed for `masked`
@@ -59,6 +69,16 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
     plan = None
     if isinstance(layer_choice, dict):
         plan = layer_choice
+    elif kind == "portable" and calibration_data is None:
+        plan = {layer.name: "dense" for layer in flops.gated_layers(model)
+                if layer.mode in choice.DYNAMIC_MODES}
+        if plan:
+            warnings.warn(
+                "export_tflite(kind='portable') without calibration_data: every gated "
+                "layer stays a dense convolution times its gates, as fast as the dense "
+                "model and no faster. Pass calibration_data (a few hundred of your "
+                "images) to let the layers that prune gather their open channels.",
+                stacklevel=2)
     elif kind in ("portable", "kernels") and calibration_data is not None:
         if layer_choice == "measured":
             plan = choice.measured_plan(model, kind, calibration_data, verbose=verbose)

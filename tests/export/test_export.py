@@ -180,7 +180,8 @@ def test_portable_model_has_builtin_ops_only_and_runs_in_the_stock_interpreter(t
     from ai_edge_litert import schema_py_generated as schema
 
     model = _direct_model()
-    path = export.export_tflite(model, str(tmp_path / "p.tflite"), "portable")
+    path = export.export_tflite(model, str(tmp_path / "p.tflite"), "portable",
+                                calibration_data=_images(model))
     with open(path, "rb") as f:
         fb = schema.ModelT.InitFromPackedBuf(bytearray(f.read()), 0)
     assert all(max(c.builtinCode, c.deprecatedBuiltinCode) != 32 for c in fb.operatorCodes)
@@ -249,3 +250,27 @@ def test_kernels_export_keeps_little_pruned_layers_builtin(tmp_path):
     assert ops.count("SanpSEGate") == 1  # the gate of "s2", a builtin CONV_2D
     np.testing.assert_allclose(export.KernelRunner(path)(x[:1]),
                                model.predict(x[:1], verbose=0), rtol=1e-4, atol=1e-4)
+
+
+def test_portable_without_calibration_data_keeps_dense_convolutions_and_says_so(tmp_path):
+    model = sk.convert(_mixed_model(), mode="sanp")
+    rng = np.random.RandomState(7)
+    for layer in flops.gated_layers(model):  # about half open, varying per sample
+        layer.gate.excite_kernel.assign(rng.normal(0, 1.0, layer.gate.excite_kernel.shape))
+        layer.gate.excite_bias.assign(rng.normal(0, 1.0, layer.gate.excite_bias.shape))
+    x = _images(model)
+    with pytest.warns(UserWarning, match="without calibration_data: every gated layer"):
+        plain = export.export_tflite(model, str(tmp_path / "p.tflite"), "portable",
+                                     decisions=True)
+    masked = export.export_tflite(model, str(tmp_path / "m.tflite"), "masked", batch_size=1,
+                                  decisions=True)
+    calibrated = export.export_tflite(model, str(tmp_path / "c.tflite"), "portable",
+                                      calibration_data=x, decisions=True)
+    convs = [sorted(n for n in _op_names(p) if "CONV" in n) for p in (plain, masked)]
+    assert convs[0] == convs[1]  # the dense convolutions of the masked reference
+    assert not any("GATHER" in n for n in _op_names(plain))
+    assert any("GATHER" in n for n in _op_names(calibrated))  # layers that prune gather
+    for path in (plain, calibrated):
+        result = export.parity.check_file(model, path, "portable", x)
+        assert result["decisions_equal"] == 1.0 and result["top1_equal"] == 1.0
+        assert result["max_logit_diff"] < 1e-4
