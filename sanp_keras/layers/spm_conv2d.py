@@ -26,7 +26,8 @@ class SPMConv2D(keras.layers.Layer):
     (`mode="fbs"` scales by `g` itself, see `SaliencyGate.scale`). The
     rescaling factor `sigmoid(g)` is bounded and non-negative (it never flips a
     feature's sign) and keeps a gradient for closed channels. In inference a closed
-    channel is exactly zero. In `mode="dense"` no gate runs and
+    channel is exactly zero. Under a mixed precision policy the gate (and the cost
+    loss) compute in float32, the convolution in the policy's compute dtype. In `mode="dense"` no gate runs and
     `y = activation(BN(W * x))`, the plain layer.
 
     Budget control (see `sanp_keras.BudgetCallback`) goes through two non-trainable
@@ -168,6 +169,7 @@ class SPMConv2D(keras.layers.Layer):
             bias_spread=gate_bias_spread,
             rescale=gate_rescale,
             seed=seed,
+            dtype=_gate_dtype(self.dtype_policy),
             name="gate",
         )
 
@@ -217,6 +219,7 @@ class SPMConv2D(keras.layers.Layer):
             shape=(self.filters,),
             initializer="ones",
             trainable=False,
+            aggregation="mean",  # under a distribution strategy: every replica's batch
         )
 
     def call(self, inputs, training=None, return_decisions=False):
@@ -231,7 +234,8 @@ class SPMConv2D(keras.layers.Layer):
                 gate_inputs = ops.stop_gradient(inputs)
             scores, decisions = self.gate(gate_inputs, training=training)  # (B, C_out) x2
             saliency = self.gate.scale(scores)  # (B, C_out), g' in METHOD.md
-            y = y * (decisions * saliency)[:, None, None, :]
+            y = y * ops.cast(decisions * saliency, y.dtype)[:, None, None, :]
+            decisions = ops.cast(decisions, y.dtype)
             if training:
                 if self.gates_cost:
                     cost_scores = scores
@@ -305,6 +309,15 @@ class SPMConv2D(keras.layers.Layer):
         )
         config.update(_batch_norm.config(self.bn))
         return config
+
+
+def _gate_dtype(policy):
+    """The gate computes in float32 under a mixed policy: its scores, the straight-through
+    estimators and the cost loss need float32's range and precision, and they cost
+    next to nothing beside the convolution."""
+    if policy.compute_dtype in ("float16", "bfloat16"):
+        return "float32"
+    return policy
 
 
 def _soft_activity(scores, gain, spared=0):

@@ -8,12 +8,12 @@ from sanp_keras import flops
 
 
 def _model(size=12):
-    inputs = keras.Input((size, size, 3))
+    inputs = keras.Input((size, size, 3))  # layers take the global dtype policy
     h = sk.SPMConv2D(16, 3, padding="same", activation="relu", bn_momentum=0.9, name="c1")(inputs)
     h = sk.SPMConv2D(24, 3, strides=2, padding="same", activation="relu", bn_momentum=0.9,
                      name="c2")(h)
     h = sk.SPMConv2D(24, 3, padding="same", activation="relu", bn_momentum=0.9, name="c3")(h)
-    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h))
+    outputs = keras.layers.Dense(2, dtype="float32")(keras.layers.GlobalAveragePooling2D()(h))
     return keras.Model(inputs, outputs)
 
 
@@ -163,6 +163,41 @@ def test_fit_lands_on_the_budget_and_logs_lambda_and_flops_ratio(tmp_path):
     measured = flops.measure(model, x)
     assert abs(measured["flops_ratio"] - 0.6) < 0.03
     assert history.history["accuracy"][-1] > 0.8  # it prunes without breaking the model
+
+
+@pytest.fixture
+def policy(request):
+    keras.mixed_precision.set_global_policy(request.param)
+    yield request.param
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"], indirect=True)
+def test_fit_lands_on_the_budget_under_mixed_precision(policy):
+    x, y = _data()
+    model = _model()
+    layer = model.get_layer("c2")
+    assert layer.conv.compute_dtype == policy.split("_")[1]
+    assert layer.gate.compute_dtype == "float32"  # the gate and its cost loss
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    history = model.fit(x, y, batch_size=32, epochs=16, verbose=0,
+                        callbacks=[sk.BudgetCallback(budget=0.6, calibration_data=x[:256])])
+    assert abs(flops.measure(model, x)["flops_ratio"] - 0.6) < 0.04
+    assert history.history["accuracy"][-1] > 0.8
+
+
+def test_fit_lands_on_the_budget_with_jit_compile():
+    x, y = _data()
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"], jit_compile=True)
+    history = model.fit(x, y, batch_size=32, epochs=16, verbose=0,
+                        callbacks=[sk.BudgetCallback(budget=0.6, calibration_data=x[:256])])
+    assert abs(flops.measure(model, x)["flops_ratio"] - 0.6) < 0.04
+    assert history.history["accuracy"][-1] > 0.8
 
 
 def test_hand_written_training_loop():
