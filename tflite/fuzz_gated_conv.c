@@ -298,10 +298,36 @@ static void one_case(int iteration) {
   free(params.data); free(out.data);
 }
 
+/* fuzz_gated_conv [iterations [seed [isa]]]: the same cases on every instruction-set
+ * variant this CPU runs (or on `isa` alone). */
 int main(int argc, char** argv) {
   const int iterations = argc > 1 ? atoi(argv[1]) : 1000;
   if (argc > 2) state ^= strtoull(argv[2], NULL, 10) * 2654435761ULL;
-  for (int i = 0; i < iterations; ++i) one_case(i);
-  printf("%d cases, %d failures\n", iterations, failures);
+  const char* only = argc > 3 ? argv[3] : NULL;
+  const unsigned long long seed = state;
+  int variants = 0;
+  for (int k = 0; k < sanp_isa_count(); ++k) {
+    const char* name = sanp_isa_name(k);
+    if (only != NULL && strcmp(only, name) != 0) continue;
+    if (!sanp_isa_supported(k)) {
+      printf("%s: not run by this CPU, skipped\n", name);
+      continue;
+    }
+    if (sanp_set_isa(name) != 0 || strcmp(sanp_isa(), name) != 0) {
+      printf("%s: cannot be selected\n", name);
+      ++failures;
+      continue;
+    }
+    const int before = failures;
+    state = seed;
+    for (int i = 0; i < iterations; ++i) one_case(i);
+    printf("%s: %d cases, %d failures\n", name, iterations, failures - before);
+    ++variants;
+  }
+  if (variants == 0) {
+    printf("no variant run\n");
+    return 1;
+  }
+  printf("%d variants, %d failures\n", variants, failures);
   return failures == 0 ? 0 : 1;
 }

@@ -27,9 +27,23 @@
  *   6. bias, scale and activation are applied and scattered to the open channels
  *      (stored as whole vectors where the open channels are contiguous); every
  *      other output is 0 (not written twice when every channel is open).
- * Vectors are GCC/Clang vector extensions: AVX2 + FMA on x86-64 with -march, two
- * NEON registers per vector on arm64.
+ * Vectors are GCC/Clang vector extensions: the instructions of the flags this file is
+ * compiled with (SSE2, AVX2 + FMA or AVX-512 on x86-64; two NEON registers per vector
+ * on arm64).
+ *
+ * The file is compiled once per instruction set (the Makefile's VARIANTS): with
+ * -DSANP_VARIANT=avx2 its public functions are named sanp_gated_conv2d_avx2 and so on,
+ * and sanp_dispatch.c forwards the public names to the best variant the CPU runs.
  */
+#ifdef SANP_VARIANT
+#define SANP_JOIN2(name, variant) name##_##variant
+#define SANP_JOIN(name, variant) SANP_JOIN2(name, variant)
+#define sanp_status_message SANP_JOIN(sanp_status_message, SANP_VARIANT)
+#define sanp_gated_conv2d_output_shape SANP_JOIN(sanp_gated_conv2d_output_shape, SANP_VARIANT)
+#define sanp_gated_conv2d SANP_JOIN(sanp_gated_conv2d, SANP_VARIANT)
+#define sanp_se_gated_conv2d SANP_JOIN(sanp_se_gated_conv2d, SANP_VARIANT)
+#define sanp_se_gate SANP_JOIN(sanp_se_gate, SANP_VARIANT)
+#endif
 #include "sanp_gated_conv.h"
 
 #include <math.h>

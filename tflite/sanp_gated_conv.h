@@ -79,6 +79,18 @@ SanpStatus sanp_gated_conv2d_output_shape(const SanpTensor* x, const SanpTensor*
 
 const char* sanp_status_message(SanpStatus status);
 
+/* Instruction sets (sanp_dispatch.c). The library holds the kernels compiled for each
+ * of them, index 0 "generic" (the architecture's baseline: SSE2 on x86-64, NEON on
+ * arm64), then on x86-64 "avx2" (AVX2 + FMA) and "avx512" (F, BW, DQ, VL). At load the
+ * best one this CPU runs is chosen, or the one $SANP_ISA names if the CPU runs it.
+ * sanp_set_isa switches (0, or -1 with nothing changed for a name unknown or not run
+ * by this CPU); not while another thread is inside a kernel. */
+int sanp_isa_count(void);
+const char* sanp_isa_name(int index);  /* NULL outside [0, sanp_isa_count()) */
+int sanp_isa_supported(int index);     /* 1 if this CPU runs it */
+const char* sanp_isa(void);            /* the one in use */
+int sanp_set_isa(const char* name);
+
 #ifdef __cplusplus
 }
 #endif

@@ -7,33 +7,120 @@ exported with `decisions=True`); batch as exported.
 
 import ctypes
 import os
+import shutil
 import subprocess
 
 import numpy as np
 
 TFLITE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "tflite")
+PACKAGED_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "_kernels")
+LIBRARY_NAME = "libsanp_tflite.so"
 LIBRARY_ENV = "SANP_TFLITE_LIB"
 
 
+def _source_tree():
+    """The `tflite/` folder of a source checkout, or None in an installed package."""
+    makefile = os.path.join(TFLITE_DIR, "Makefile")
+    return os.path.abspath(TFLITE_DIR) if os.path.exists(makefile) else None
+
+
 def library_path():
-    """Where `make -C tflite` puts the kernels (override with $SANP_TFLITE_LIB)."""
-    return os.environ.get(
-        LIBRARY_ENV, os.path.abspath(os.path.join(TFLITE_DIR, "build", "libsanp_tflite.so"))
-    )
+    """The kernel library: $SANP_TFLITE_LIB, else the one `make -C tflite` builds in a
+    source checkout, else the one `pip install .` built into the package."""
+    if os.environ.get(LIBRARY_ENV):
+        return os.environ[LIBRARY_ENV]
+    tree = _source_tree()
+    if tree is not None:
+        return os.path.join(tree, "build", LIBRARY_NAME)
+    return os.path.join(PACKAGED_DIR, LIBRARY_NAME)
 
 
 def build_kernels(quiet=True):
-    """Builds tflite/ with the system C compiler (`make -C tflite`); returns the library."""
-    if not os.path.isdir(TFLITE_DIR):
-        raise FileNotFoundError(
-            f"No tflite/ folder at {os.path.abspath(TFLITE_DIR)}: the kernels are built from a "
-            "source checkout (pip install -e .)."
-        )
-    result = subprocess.run(["make", "-C", os.path.abspath(TFLITE_DIR)],
-                            capture_output=quiet, text=True)
+    """The kernel library, built first where it can be: in a source checkout `make -C
+    tflite` with the system C compiler (nothing to do once built); in an installed
+    package the library its install built. Returns its path.
+
+    Raises:
+        RuntimeError: when no C compiler is found (naming $CC) or the build fails.
+        FileNotFoundError: in an installed package built without a C compiler.
+    """
+    if os.environ.get(LIBRARY_ENV):
+        return library_path()
+    tree = _source_tree()
+    if tree is None:
+        path = library_path()
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"No kernel library at {path}: this sanp_keras was installed without a C "
+                "compiler. Install one (gcc or clang, and make) and reinstall sanp_keras "
+                "(pip install --force-reinstall --no-deps sanp-keras) to build it.")
+        return path
+    compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler.split()[0]) is None or shutil.which("make") is None:
+        raise RuntimeError(
+            f"Building the kernels needs a C compiler and make: found no {compiler!r} "
+            f"(the CC environment variable) or no make on PATH.")
+    result = subprocess.run(["make", "-C", tree], capture_output=quiet, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"Building the kernels failed:\n{result.stdout}\n{result.stderr}")
     return library_path()
+
+
+def _litert_library():
+    """The pinned ai-edge-litert wheel's libLiteRt.so."""
+    import ai_edge_litert
+
+    return os.path.join(os.path.dirname(ai_edge_litert.__file__), "libLiteRt.so")
+
+
+_LOADED = {}
+
+
+def load_library(library=None):
+    """The kernel library loaded by ctypes (once per path), LiteRT loaded before it.
+
+    `libLiteRt.so` is loaded globally first, so that a library built without linking
+    it (an install whose build had no LiteRT at hand) resolves its symbols there.
+    """
+    library = os.path.abspath(library or library_path())
+    if library not in _LOADED:
+        if not os.path.exists(library):
+            raise FileNotFoundError(
+                f"No kernel library at {library}. Build it with `make -C tflite` "
+                "(or sanp_keras.export.build_kernels()).")
+        ctypes.CDLL(_litert_library(), mode=ctypes.RTLD_GLOBAL)
+        lib = ctypes.CDLL(library)
+        lib.sanp_isa_name.restype = ctypes.c_char_p
+        lib.sanp_isa_name.argtypes = [ctypes.c_int]
+        lib.sanp_isa_supported.argtypes = [ctypes.c_int]
+        lib.sanp_isa.restype = ctypes.c_char_p
+        lib.sanp_set_isa.argtypes = [ctypes.c_char_p]
+        _LOADED[library] = lib
+    return _LOADED[library]
+
+
+def kernel_isas(library=None):
+    """The instruction sets the kernels were built for: dict name -> whether this CPU
+    runs it, in order (the last one it runs is the default)."""
+    lib = load_library(library)
+    return {lib.sanp_isa_name(i).decode(): bool(lib.sanp_isa_supported(i))
+            for i in range(lib.sanp_isa_count())}
+
+
+def kernel_isa(library=None):
+    """The instruction set the kernels run now."""
+    return load_library(library).sanp_isa().decode()
+
+
+def set_kernel_isa(name, library=None):
+    """Runs the kernels of instruction set `name` from now on (for tests and timing;
+    $SANP_ISA chooses at load)."""
+    isas = kernel_isas(library)
+    if not isas.get(name):
+        raise ValueError(
+            f"Invalid value for argument `name`. Expected one of the instruction sets "
+            f"this CPU runs, {[n for n, ok in isas.items() if ok]}. Received: name={name!r}")
+    load_library(library).sanp_set_isa(name.encode())
 
 
 class Interpreter:
@@ -74,13 +161,7 @@ class KernelRunner:
     """
 
     def __init__(self, path, num_threads=1, library=None):
-        library = library or library_path()
-        if not os.path.exists(library):
-            raise FileNotFoundError(
-                f"No kernel library at {library}. Build it with `make -C tflite` "
-                "(or sanp_keras.export.build_kernels())."
-            )
-        lib = ctypes.CDLL(library)
+        lib = load_library(library)
         lib.sanp_runner_create.restype = ctypes.c_void_p
         lib.sanp_runner_create.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
                                            ctypes.c_size_t]
