@@ -19,6 +19,7 @@
 
 #include "litert_abi.h"
 #include "sanp_gated_conv.h"
+#include "sanp_litert.h"
 
 #define SANP_OP_NAME "SanpGatedConv2D"
 #define SANP_SE_OP_NAME "SanpSEGatedConv2D"
@@ -172,7 +173,7 @@ static LiteRtStatus op_destroy(void* user_data) {
 static const LiteRtCustomOpKernel kCallbacks = {op_init, op_output_layouts, op_run,
                                                 op_destroy};
 
-int sanp_register_kernels(LiteRtOptions options) {
+LiteRtStatus sanp_register_kernels(LiteRtOptions options) {
   const char* names[3] = {SANP_OP_NAME, SANP_SE_OP_NAME, SANP_GATE_OP_NAME};
   for (int i = 0; i < 3; ++i) {
     LiteRtStatus s = LiteRtAddCustomOpKernelOption(options, names[i], 1, &kCallbacks,

@@ -280,3 +280,22 @@ def test_portable_without_calibration_data_keeps_dense_convolutions_and_says_so(
         result = export.parity.check_file(model, path, "portable", x)
         assert result["decisions_equal"] == 1.0 and result["top1_equal"] == 1.0
         assert result["max_logit_diff"] < 1e-4
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_the_c_program_runs_a_kernels_model_through_litert_s_c_api(tmp_path, kernels_built):
+    """tflite/run_model.c: the calls an app's JNI layer makes (options, custom ops
+    registered with LiteRtAddCustomOpKernelOption, CompiledModel) give Keras's logits."""
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "tflite")
+    built = subprocess.run(["make", "-C", root, "program"], capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    model = _direct_model()
+    x = _images(model, n=1)
+    path = export.export_tflite(model, str(tmp_path / "k.tflite"), "kernels")
+    x.astype(np.float32).tofile(tmp_path / "x.f32")
+    done = subprocess.run([os.path.join(root, "build", "run_model"), path,
+                           str(tmp_path / "x.f32"), "1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (line,) = [l for l in done.stdout.splitlines() if l.startswith("output ")]
+    got = np.array([float(v) for v in line.split()[1:]])
+    np.testing.assert_allclose(got, model.predict(x, verbose=0)[0], rtol=1e-4, atol=1e-4)
