@@ -299,12 +299,13 @@ static void one_case(int iteration) {
 }
 
 /* fuzz_gated_conv [iterations [seed [isa]]]: the same cases on every instruction-set
- * variant this CPU runs (or on `isa` alone). */
+ * variant this CPU runs (or on `isa` alone), each on 1, 2 and 3 threads. */
 int main(int argc, char** argv) {
   const int iterations = argc > 1 ? atoi(argv[1]) : 1000;
   if (argc > 2) state ^= strtoull(argv[2], NULL, 10) * 2654435761ULL;
   const char* only = argc > 3 ? argv[3] : NULL;
   const unsigned long long seed = state;
+  const long default_min_macs = sanp_parallel_min_macs();
   int variants = 0;
   for (int k = 0; k < sanp_isa_count(); ++k) {
     const char* name = sanp_isa_name(k);
@@ -318,10 +319,23 @@ int main(int argc, char** argv) {
       ++failures;
       continue;
     }
-    const int before = failures;
-    state = seed;
-    for (int i = 0; i < iterations; ++i) one_case(i);
-    printf("%s: %d cases, %d failures\n", name, iterations, failures - before);
+    /* 1 thread, then the threaded paths, split on every call whatever its size */
+    const int thread_counts[3] = {1, 2, 3};
+    for (int t = 0; t < 3; ++t) {
+      if (sanp_set_num_threads(thread_counts[t]) != 0) {
+        printf("%s: cannot start %d threads\n", name, thread_counts[t]);
+        ++failures;
+        continue;
+      }
+      sanp_set_parallel_min_macs(thread_counts[t] > 1 ? 0 : default_min_macs);
+      const int before = failures;
+      state = seed;
+      for (int i = 0; i < iterations; ++i) one_case(i);
+      printf("%s, %d thread%s: %d cases, %d failures\n", name, thread_counts[t],
+             thread_counts[t] > 1 ? "s" : "", iterations, failures - before);
+    }
+    sanp_set_num_threads(1);
+    sanp_set_parallel_min_macs(default_min_macs);
     ++variants;
   }
   if (variants == 0) {

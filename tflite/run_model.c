@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "litert_abi.h"
+#include "sanp_gated_conv.h"
 #include "sanp_litert.h"
 
 #define CHECK(call, what)                                         \
@@ -74,7 +75,12 @@ int main(int argc, char** argv) {
           "LiteRtCreateOpaqueOptions");
     CHECK(LiteRtAddOpaqueOptions(options, cpu), "LiteRtAddOpaqueOptions");
   }
-  /* The one sanp-specific step: LiteRtAddCustomOpKernelOption for the three ops. */
+  /* The sanp-specific steps: the kernels' threads, and LiteRtAddCustomOpKernelOption
+   * for the three ops. */
+  if (threads > 0 && sanp_set_num_threads(threads) != 0) {
+    fprintf(stderr, "run_model: cannot start %d kernel threads\n", threads);
+    return 1;
+  }
   CHECK(sanp_register_kernels(options), "sanp_register_kernels");
   CHECK(LiteRtCreateCompiledModel(env, model, options, &compiled), "LiteRtCreateCompiledModel");
 

@@ -1,6 +1,9 @@
 /* The public kernel functions of sanp_gated_conv.h, forwarded to the variant of
  * sanp_gated_conv.c compiled for the best instruction set this CPU runs (see
  * sanp_isa in the header). One library then runs on any CPU of its architecture. */
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -128,4 +131,116 @@ SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
 SanpStatus sanp_se_gate(const SanpTensor* x, const SanpTensor* gate, SanpTensor* scale,
                         SanpTensor* decisions) {
   return current->se_gate(x, gate, scale, decisions);
+}
+
+/* ------------------------------------------------------------------ threads -- */
+
+/* A fixed pool. The caller publishes a generation of tasks; workers, spinning a while
+ * (yielding the core, which XNNPACK's own threads may want) then sleeping, take task
+ * indices from `next`; the caller takes tasks too, and returns once every worker has
+ * checked out of the generation, so that none is still inside it when the next starts.
+ * Layers come back to back within an inference: spinning saves the wake-up latency. */
+enum { SPIN_ROUNDS = 20000 };
+
+typedef struct {
+  pthread_mutex_t lock;
+  pthread_cond_t wake;
+  pthread_t workers[SANP_MAX_THREADS];
+  int count;  /* threads in all, the caller's included */
+  int stop;   /* under `lock`, also read atomically */
+  int sleepers;
+  unsigned generation;
+  void (*task)(void*, int);
+  void* context;
+  int tasks, next, checked_out;
+} Pool;
+
+static Pool pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, {0}, 1, 0, 0, 0,
+                    NULL, NULL, 0, 0, 0};
+static long parallel_min_macs = 200000;  /* about 40 us of work at 5 GMAC/s */
+
+static void run_tasks(void) {
+  for (;;) {
+    const int index = __atomic_fetch_add(&pool.next, 1, __ATOMIC_ACQ_REL);
+    if (index >= pool.tasks) return;
+    pool.task(pool.context, index);
+  }
+}
+
+/* `start`: the generation when the worker was created (by the caller's thread, the
+ * only one that publishes): a later one, published before the thread runs, is work. */
+static void* worker(void* start) {
+  unsigned seen = (unsigned)(uintptr_t)start;
+  for (;;) {
+    int rounds = 0;
+    while (__atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE) == seen &&
+           !__atomic_load_n(&pool.stop, __ATOMIC_ACQUIRE)) {
+      if (++rounds < SPIN_ROUNDS) {
+        sched_yield();
+        continue;
+      }
+      pthread_mutex_lock(&pool.lock);
+      ++pool.sleepers;
+      while (__atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE) == seen && !pool.stop)
+        pthread_cond_wait(&pool.wake, &pool.lock);
+      --pool.sleepers;
+      pthread_mutex_unlock(&pool.lock);
+    }
+    if (__atomic_load_n(&pool.stop, __ATOMIC_ACQUIRE)) return NULL;
+    seen = __atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE);
+    run_tasks();
+    __atomic_fetch_add(&pool.checked_out, 1, __ATOMIC_ACQ_REL);
+  }
+}
+
+static void stop_workers(void) {
+  pthread_mutex_lock(&pool.lock);
+  __atomic_store_n(&pool.stop, 1, __ATOMIC_RELEASE);
+  pthread_cond_broadcast(&pool.wake);
+  pthread_mutex_unlock(&pool.lock);
+  for (int i = 0; i < pool.count - 1; ++i) pthread_join(pool.workers[i], NULL);
+  pool.stop = 0;
+  pool.count = 1;
+}
+
+__attribute__((destructor)) static void end_pool(void) {
+  if (pool.count > 1) stop_workers();
+}
+
+int sanp_set_num_threads(int threads) {
+  if (threads < 1 || threads > SANP_MAX_THREADS) return -1;
+  if (threads == pool.count) return 0;
+  if (pool.count > 1) stop_workers();
+  for (int i = 0; i < threads - 1; ++i) {
+    void* start = (void*)(uintptr_t)__atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE);
+    if (pthread_create(&pool.workers[i], NULL, worker, start) != 0) {
+      pool.count = i + 1;
+      stop_workers();
+      return -1;
+    }
+    pool.count = i + 2;
+  }
+  return 0;
+}
+
+int sanp_num_threads(void) { return pool.count; }
+long sanp_parallel_min_macs(void) { return parallel_min_macs; }
+void sanp_set_parallel_min_macs(long macs) { parallel_min_macs = macs < 0 ? 0 : macs; }
+
+void sanp_parallel(int tasks, void (*task)(void* context, int index), void* context) {
+  if (pool.count == 1 || tasks <= 1) {
+    for (int i = 0; i < tasks; ++i) task(context, i);
+    return;
+  }
+  pool.task = task;
+  pool.context = context;
+  pool.tasks = tasks;
+  __atomic_store_n(&pool.next, 0, __ATOMIC_RELAXED);
+  __atomic_store_n(&pool.checked_out, 0, __ATOMIC_RELAXED);
+  __atomic_fetch_add(&pool.generation, 1, __ATOMIC_ACQ_REL);  /* publishes the above */
+  pthread_mutex_lock(&pool.lock);
+  if (pool.sleepers > 0) pthread_cond_broadcast(&pool.wake);
+  pthread_mutex_unlock(&pool.lock);
+  run_tasks();
+  while (__atomic_load_n(&pool.checked_out, __ATOMIC_ACQUIRE) < pool.count - 1) sched_yield();
 }

@@ -941,6 +941,101 @@ static SanpStatus gated_conv(const Geometry* gp, const float* xs, const float* s
   return s;
 }
 
+/* The many-filters layout's products for pixel blocks [begin, end) of A. */
+typedef struct {
+  const Geometry* g;
+  const float* a;
+  const int* index;
+  int depth;
+  size_t block, blocks;
+  const int* open;
+  int k_out;
+  const float* ws;
+  size_t filter_row;
+  const float *bs, *sc;
+  float* ys;
+  int chunks;
+} BlockWork;
+
+static void block_task(void* context, int chunk) {
+  const BlockWork* w = context;
+  const Geometry* g = w->g;
+  const int pixels = g->out_h * g->out_w;
+  const size_t begin = w->blocks * chunk / w->chunks, end = w->blocks * (chunk + 1) / w->chunks;
+  for (size_t b = begin; b < end; ++b) {
+    const size_t p0 = b * PIXELS;
+    const int count = pixels - (int)p0 < PIXELS ? pixels - (int)p0 : PIXELS;
+    for (int c0 = 0; c0 < w->k_out; c0 += CHANNELS) {
+      const float* f[CHANNELS];
+      for (int m = 0; m < CHANNELS; ++m)  /* tail rows repeat a valid filter */
+        f[m] = w->ws + (size_t)w->open[c0 + m < w->k_out ? c0 + m : c0] * w->filter_row;
+      v8f acc[CHANNELS][2];
+      filter_rows_kernel(f, w->index, w->depth, w->a + b * w->block, count > 8, acc);
+      for (int m = 0; m < CHANNELS && c0 + m < w->k_out; ++m) {
+        const int c = w->open[c0 + m];
+        float* dst = w->ys + p0 * (size_t)g->c_out + c;
+        for (int l = 0; l < count; ++l) {
+          const float v = (l < 8 ? acc[m][0][l] : acc[m][1][l - 8]) + w->bs[c];
+          dst[(size_t)l * g->c_out] = activate(v * w->sc[c], g->act);
+        }
+      }
+    }
+  }
+}
+
+/* Layouts 2-4 over contiguous chunks of the open channels, one per thread: each chunk is
+ * the same layout's call on its part of the open list (each packs its own input copy),
+ * chunk boundaries on multiples of `step` (the layout's channel block). */
+typedef enum { LAYOUT_DOT, LAYOUT_PLANAR, LAYOUT_PIXEL_ROWS } Layout;
+
+typedef struct {
+  Layout layout;
+  const Geometry* g;
+  const float *xs, *ws, *bs, *sc;
+  const int* open;
+  int k_out, step;
+  const int* live;
+  int k_in;
+  float* ys;
+  int chunks;
+  SanpStatus status[SANP_MAX_THREADS];
+} ChannelWork;
+
+static void channel_task(void* context, int chunk) {
+  ChannelWork* w = context;
+  const int steps = (w->k_out + w->step - 1) / w->step;
+  const int begin = steps * chunk / w->chunks * w->step;
+  int end = steps * (chunk + 1) / w->chunks * w->step;
+  if (end > w->k_out) end = w->k_out;
+  SanpStatus s = SANP_OK;
+  if (end > begin) {
+    const int* open = w->open + begin;
+    const int k = end - begin;
+    if (w->layout == LAYOUT_DOT)
+      s = conv_channel_dot(w->g, w->xs, w->ws, w->bs, w->sc, open, k, w->live, w->k_in, w->ys);
+    else if (w->layout == LAYOUT_PLANAR)
+      s = conv_planar(w->g, w->xs, w->ws, w->bs, w->sc, open, k, w->live, w->k_in, w->ys);
+    else
+      s = conv_pixel_rows(w->g, w->xs, w->ws, w->bs, w->sc, open, k, w->live, w->k_in, NULL,
+                          w->ys);
+  }
+  w->status[chunk] = s;
+}
+
+/* Runs a layout over chunks of the open channels on the pool; the first failure. */
+static SanpStatus by_channel_chunks(Layout layout, int step, int threads, const Geometry* g,
+                                    const float* xs, const float* ws, const float* bs,
+                                    const float* sc, const int* open, int k_out,
+                                    const int* live, int k_in, float* ys) {
+  ChannelWork work = {layout, g, xs, ws, bs, sc, open, k_out, step, live, k_in, ys, 1, {0}};
+  const int steps = (k_out + step - 1) / step;
+  work.chunks = steps < threads ? steps : threads;
+  sanp_parallel(work.chunks, channel_task, &work);
+  for (int i = 0; i < work.chunks; ++i)
+    if (work.status[i] != SANP_OK) return work.status[i];
+  return SANP_OK;
+}
+
 /* The layouts of gated_conv; *residual (with activation `act` after it) is added by
  * the layout and set to NULL where it can be, in its stores. */
 static SanpStatus gated_layouts(const Geometry* gp, const float* xs, const float* sc,
@@ -968,20 +1063,32 @@ static SanpStatus gated_layouts(const Geometry* gp, const float* xs, const float
   if (k_out < g.c_out)  /* every layout writes each open channel at every pixel */
     memset(ys, 0, sizeof(float) * (size_t)pixels * g.c_out);
   if (k_out == 0) { free(open); return SANP_OK; }
+  const int threads = sanp_num_threads();
+  const int parallel = threads > 1 &&
+      (long)pixels * k_out * k_in * taps >= sanp_parallel_min_macs();
   if (k_out <= DOT_MAX_OPEN && k_in >= 8 && (k_in + 7) / 8 * 8 * 4 <= 5 * k_in) {
-    s = conv_channel_dot(&g, xs, ws, bs, sc, open, k_out, live, k_in, ys);
+    s = parallel && k_out > 1
+            ? by_channel_chunks(LAYOUT_DOT, 1, threads, &g, xs, ws, bs, sc, open, k_out, live,
+                                k_in, ys)
+            : conv_channel_dot(&g, xs, ws, bs, sc, open, k_out, live, k_in, ys);
     free(open);
     return s;
   }
   if (k_out <= PLANAR_MAX_OPEN && g.out_w >= 8) {  /* vectors over pixels, not channels */
-    s = conv_planar(&g, xs, ws, bs, sc, open, k_out, live, k_in, ys);
+    s = parallel && k_out > 2
+            ? by_channel_chunks(LAYOUT_PLANAR, 2, threads, &g, xs, ws, bs, sc, open, k_out,
+                                live, k_in, ys)
+            : conv_planar(&g, xs, ws, bs, sc, open, k_out, live, k_in, ys);
     free(open);
     return s;
   }
   /* early layers: packing the few filters is cheap; with few live inputs the output's
    * whole-vector stores outweigh packing the filters */
   if (pixels >= 4 * k_out || (pixels >= k_out && k_in <= 16)) {
-    if (*residual != NULL && k_out == g.c_out && k_out % PANEL == 0) {  /* stores all whole */
+    if (parallel && k_out > PANEL) {  /* the residual, if any, in gated_conv's pass */
+      s = by_channel_chunks(LAYOUT_PIXEL_ROWS, PANEL, threads, &g, xs, ws, bs, sc, open,
+                            k_out, live, k_in, ys);
+    } else if (*residual != NULL && k_out == g.c_out && k_out % PANEL == 0) {  /* stores all whole */
       Geometry with_act = g;
       with_act.act = act;
       s = conv_pixel_rows(&with_act, xs, ws, bs, sc, open, k_out, live, k_in, *residual, ys);
@@ -1042,24 +1149,13 @@ static SanpStatus gated_layouts(const Geometry* gp, const float* xs, const float
     }
   }
 
-  for (size_t b = 0; b < blocks; ++b) {
-    const size_t p0 = b * PIXELS;
-    const int count = pixels - (int)p0 < PIXELS ? pixels - (int)p0 : PIXELS;
-    for (int c0 = 0; c0 < k_out; c0 += CHANNELS) {
-      const float* w[CHANNELS];
-      for (int m = 0; m < CHANNELS; ++m)  /* tail rows repeat a valid filter */
-        w[m] = ws + (size_t)open[c0 + m < k_out ? c0 + m : c0] * filter_row;
-      v8f acc[CHANNELS][2];
-      filter_rows_kernel(w, index, depth, a + b * block, count > 8, acc);
-      for (int m = 0; m < CHANNELS && c0 + m < k_out; ++m) {
-        const int c = open[c0 + m];
-        float* dst = ys + p0 * (size_t)g.c_out + c;
-        for (int l = 0; l < count; ++l) {
-          const float v = (l < 8 ? acc[m][0][l] : acc[m][1][l - 8]) + bs[c];
-          dst[(size_t)l * g.c_out] = activate(v * sc[c], g.act);
-        }
-      }
-    }
+  BlockWork work = {&g, a, index, depth, block, blocks, open, k_out, ws, filter_row, bs, sc,
+                    ys, 1};
+  if (parallel && blocks > 1) {
+    work.chunks = blocks < (size_t)threads ? (int)blocks : threads;
+    sanp_parallel(work.chunks, block_task, &work);
+  } else {
+    block_task(&work, 0);
   }
   free(open);
   free(a);

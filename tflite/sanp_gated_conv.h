@@ -91,6 +91,24 @@ int sanp_isa_supported(int index);     /* 1 if this CPU runs it */
 const char* sanp_isa(void);            /* the one in use */
 int sanp_set_isa(const char* name);
 
+/* Threads (sanp_dispatch.c): a gated convolution of at least sanp_parallel_min_macs()
+ * MACs splits its work over `threads` threads (the caller's and threads - 1 workers of
+ * a pool created here once, kept until the count changes): its open channels in
+ * contiguous chunks, or its pixel blocks in the many-filters layout. Every thread
+ * writes its own outputs, so the result does not depend on the count. 1 (the
+ * default): no pool. sanp_set_num_threads returns 0, or -1 (nothing changed) for a
+ * count outside [1, SANP_MAX_THREADS] or threads that cannot start. Not while a kernel
+ * runs; the pool is shared by the whole process. */
+enum { SANP_MAX_THREADS = 64 };
+int sanp_set_num_threads(int threads);
+int sanp_num_threads(void);
+long sanp_parallel_min_macs(void);
+void sanp_set_parallel_min_macs(long macs);  /* 0: split every call (tests) */
+
+/* Runs task(context, i) for every i in [0, tasks) on the pool and the calling thread;
+ * returns when all are done. */
+void sanp_parallel(int tasks, void (*task)(void* context, int index), void* context);
+
 #ifdef __cplusplus
 }
 #endif

@@ -196,6 +196,7 @@ typedef struct {
   size_t n_in, n_out;
   LiteRtTensorBuffer in[MAX_IO], out[MAX_IO];
   size_t in_bytes[MAX_IO], out_bytes[MAX_IO];
+  int threads;  /* the kernels' pool is the process's: set again before each run */
 } SanpRunner;
 
 void sanp_runner_destroy(SanpRunner* r) {
@@ -230,8 +231,8 @@ static int make_buffer(SanpRunner* r, LiteRtSignature sig, int is_input, size_t 
 
 static void free_payload(void* payload) { free(payload); }
 
-/* Loads and compiles `path` on the CPU (XNNPACK with `threads` threads, 0: default)
- * with the sanp kernels registered. NULL on failure, with a reason in `error`. */
+/* Loads and compiles `path` on the CPU (XNNPACK and the sanp kernels with `threads`
+ * threads, 0: their defaults) with the sanp kernels registered. NULL on failure, with a reason in `error`. */
 SanpRunner* sanp_runner_create(const char* path, int threads, char* error, size_t error_len) {
   SanpRunner* r = calloc(1, sizeof(SanpRunner));
   LiteRtSignature sig;
@@ -258,6 +259,9 @@ SanpRunner* sanp_runner_create(const char* path, int threads, char* error, size_
     }
     if (LiteRtAddOpaqueOptions(r->options, cpu) != kLiteRtStatusOk) goto fail;
   }
+  step = "starting the kernels' threads";  /* the kernels split large layers as XNNPACK */
+  if (threads > 0 && sanp_set_num_threads(threads) != 0) goto fail;
+  r->threads = threads;
   step = "registering SanpGatedConv2D";
   if (sanp_register_kernels(r->options) != kLiteRtStatusOk) goto fail;
   step = "LiteRtCreateCompiledModel";
@@ -321,6 +325,7 @@ int sanp_runner_get_output(SanpRunner* r, size_t i, void* data, size_t bytes) {
 /* 0 on success; -1 if LiteRT failed; a SanpStatus (> 0) if a kernel refused. */
 int sanp_runner_invoke(SanpRunner* r) {
   last_status = SANP_OK;
+  if (r->threads > 0 && sanp_set_num_threads(r->threads) != 0) return -1;
   if (LiteRtRunCompiledModel(r->compiled, 0, r->n_in, r->in, r->n_out, r->out) !=
       kLiteRtStatusOk)
     return -1;

@@ -95,6 +95,8 @@ def load_library(library=None):
         lib.sanp_isa_supported.argtypes = [ctypes.c_int]
         lib.sanp_isa.restype = ctypes.c_char_p
         lib.sanp_set_isa.argtypes = [ctypes.c_char_p]
+        lib.sanp_parallel_min_macs.restype = ctypes.c_long
+        lib.sanp_set_parallel_min_macs.argtypes = [ctypes.c_long]
         _LOADED[library] = lib
     return _LOADED[library]
 
@@ -121,6 +123,23 @@ def set_kernel_isa(name, library=None):
             f"Invalid value for argument `name`. Expected one of the instruction sets "
             f"this CPU runs, {[n for n, ok in isas.items() if ok]}. Received: name={name!r}")
     load_library(library).sanp_set_isa(name.encode())
+
+
+def parallel_min_macs(library=None):
+    """The MACs from which a gated convolution splits over the runner's threads."""
+    return int(load_library(library).sanp_parallel_min_macs())
+
+
+def set_parallel_min_macs(macs, library=None):
+    """Splits every gated convolution of at least `macs` MACs over the runner's threads
+    (`KernelRunner(num_threads=...)`); 0 splits every one (for tests), returns the
+    previous value."""
+    if not isinstance(macs, int) or macs < 0:
+        raise ValueError("Invalid value for argument `macs`. Expected an int >= 0. "
+                         f"Received: macs={macs!r}")
+    previous = parallel_min_macs(library)
+    load_library(library).sanp_set_parallel_min_macs(macs)
+    return previous
 
 
 class Interpreter:
@@ -157,7 +176,10 @@ class KernelRunner:
     """A `.tflite` file through LiteRT's CompiledModel API with the sanp kernels.
 
     Runs models of every kind (custom ops or not), so that latencies of all kinds are
-    measured through the same runtime. Batch 1 for `kernels` models.
+    measured through the same runtime. Batch 1 for `kernels` models. `num_threads`:
+    XNNPACK's threads and the sanp kernels' (a gated convolution of at least
+    `parallel_min_macs()` MACs splits its channels or pixel blocks over them; the
+    kernels' pool is the process's, set to this runner's count at each run).
     """
 
     def __init__(self, path, num_threads=1, library=None):

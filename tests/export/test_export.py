@@ -33,6 +33,16 @@ def _direct_model():
     return oracle.randomize_model(keras.Model(inputs, outputs), seed=5)
 
 
+def _varied(model, seed):
+    """`model` with gate weights drawn so that about half the channels open, a different
+    half per sample."""
+    rng = np.random.RandomState(seed)
+    for layer in flops.gated_layers(model):
+        layer.gate.excite_kernel.assign(rng.normal(0, 1.0, layer.gate.excite_kernel.shape))
+        layer.gate.excite_bias.assign(rng.normal(0, 1.0, layer.gate.excite_bias.shape))
+    return model
+
+
 def _images(model, n=12, seed=0):
     return oracle.images(n, seed, size=model.inputs[0].shape[1])
 
@@ -61,10 +71,7 @@ def _unscaled_model():
 def test_export_matches_keras(kind, build, tmp_path, kernels_built):
     model = sk.convert(build(), mode="sanp") if build is _mixed_model else build()
     if build is not _direct_model:  # give the converted gates varied decisions
-        rng = np.random.RandomState(7)
-        for layer in flops.gated_layers(model):
-            layer.gate.excite_kernel.assign(rng.normal(0, 1.0, layer.gate.excite_kernel.shape))
-            layer.gate.excite_bias.assign(rng.normal(0, 1.0, layer.gate.excite_bias.shape))
+        _varied(model, seed=7)
     x = _images(model)
     path = export.export_tflite(model, str(tmp_path / f"{kind}.tflite"), kind,
                                 calibration_data=x[:6], decisions=True)
@@ -229,16 +236,18 @@ def test_kernel_runner_refuses_a_wrong_input(tmp_path, kernels_built):
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 def test_kernel_fuzz_under_address_sanitizer():
     """Random shapes, gates and malformed tensors, ASan + UBSan: zero findings, on
-    every instruction-set variant this CPU runs (generic everywhere)."""
+    every instruction-set variant this CPU runs (generic everywhere), each on 1, 2 and 3
+    threads with every call split."""
     root = os.path.join(os.path.dirname(__file__), "..", "..", "tflite")
     result = subprocess.run(["make", "-C", root, "fuzz", "FUZZ_ITERATIONS=1000"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "generic: 1000 cases, 0 failures" in result.stdout
-    if platform.machine() == "x86_64":
-        for isa in ("avx2", "avx512"):
-            assert (f"{isa}: 1000 cases, 0 failures" in result.stdout
-                    or f"{isa}: not run by this CPU, skipped" in result.stdout), result.stdout
+    isas = ["generic"] + (["avx2", "avx512"] if platform.machine() == "x86_64" else [])
+    for isa in isas:
+        if f"{isa}: not run by this CPU, skipped" in result.stdout and isa != "generic":
+            continue
+        for threads in ("1 thread", "2 threads", "3 threads"):  # the threaded paths too
+            assert f"{isa}, {threads}: 1000 cases, 0 failures" in result.stdout, result.stdout
 
 
 def test_kernels_export_keeps_little_pruned_layers_builtin(tmp_path):
@@ -259,11 +268,7 @@ def test_kernels_export_keeps_little_pruned_layers_builtin(tmp_path):
 
 
 def test_portable_without_calibration_data_keeps_dense_convolutions_and_says_so(tmp_path):
-    model = sk.convert(_mixed_model(), mode="sanp")
-    rng = np.random.RandomState(7)
-    for layer in flops.gated_layers(model):  # about half open, varying per sample
-        layer.gate.excite_kernel.assign(rng.normal(0, 1.0, layer.gate.excite_kernel.shape))
-        layer.gate.excite_bias.assign(rng.normal(0, 1.0, layer.gate.excite_bias.shape))
+    model = _varied(sk.convert(_mixed_model(), mode="sanp"), seed=7)
     x = _images(model)
     with pytest.warns(UserWarning, match="without calibration_data: every gated layer"):
         plain = export.export_tflite(model, str(tmp_path / "p.tflite"), "portable",
@@ -299,3 +304,20 @@ def test_the_c_program_runs_a_kernels_model_through_litert_s_c_api(tmp_path, ker
     (line,) = [l for l in done.stdout.splitlines() if l.startswith("output ")]
     got = np.array([float(v) for v in line.split()[1:]])
     np.testing.assert_allclose(got, model.predict(x, verbose=0)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_kernels_at_two_threads_equal_one_thread_and_keras(tmp_path, kernels_built):
+    model = _varied(sk.convert(_mixed_model(), mode="sanp"), seed=3)
+    x = _images(model)
+    path = export.export_tflite(model, str(tmp_path / "k.tflite"), "kernels", decisions=True)
+    previous = export.runners.set_parallel_min_macs(0, kernels_built)  # split every layer
+    try:
+        outs = {n: export.parity.run_all(export.KernelRunner(path, num_threads=n), x)
+                for n in (1, 2)}
+        result = export.parity.compare(model, export.KernelRunner(path, num_threads=2), x)
+    finally:
+        export.runners.set_parallel_min_macs(previous, kernels_built)
+    for name in outs[1]:
+        np.testing.assert_allclose(outs[2][name], outs[1][name], rtol=1e-5, atol=1e-6)
+    assert result["decisions_equal"] == 1.0 and result["top1_equal"] == 1.0
+    assert result["max_logit_diff"] < 1e-3 and 0.1 < result["open_share"] < 0.9
