@@ -22,6 +22,35 @@ def test_dense_macs_reproduce_reference_figures(name):
     assert round(flops.dense_macs(plain) / 1e6, 1) == REFERENCE_MMACS[name]
 
 
+def _mobilenetv2_macs(size=32, classes=10):
+    """MobileNetV2's MACs counted by hand from its stage table."""
+    from sanp_keras.models.mobilenet import HEAD, STAGES, STEM
+
+    hw = size * size
+    total, c_in = 9 * 3 * STEM * hw, STEM  # the 3x3 stem, stride 1
+    for expansion, c_out, count, first_stride in STAGES:
+        for i in range(count):
+            hidden = c_in * expansion
+            if expansion != 1:
+                total += c_in * hidden * hw  # 1x1 expansion
+            if i == 0 and first_stride == 2:
+                size //= 2
+                hw = size * size
+            total += 9 * hidden * hw + hidden * c_out * hw  # depthwise, 1x1 projection
+            c_in = c_out
+    return total + c_in * HEAD * hw + HEAD * classes
+
+
+def test_mobilenetv2_macs_match_a_count_from_its_stage_table():
+    plain = sk.models.create_model("mobilenetv2", gated=False)
+    assert flops.dense_macs(plain) == _mobilenetv2_macs() == 87_976_448  # the docstring's
+    gated = sk.models.create_model("mobilenetv2")
+    kinds = [type(layer).__name__ for layer in gated.layers]
+    # stem, 16 expansions, 17 projections, head; every depthwise follows its expansion
+    assert kinds.count("SPMConv2D") == 35 and kinds.count("GatedDepthwiseConv2D") == 17
+    assert flops.dense_macs(gated) == flops.dense_macs(plain)
+
+
 def test_dense_macs_formula_on_a_tiny_model():
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs)  # 9*3*64*4

@@ -2,6 +2,7 @@
 trained weights shipped with the package: `pretrained(name)`, `list_pretrained()`."""
 
 from sanp_keras.models import cifarnet as _cifarnet  # noqa: F401 (registers)
+from sanp_keras.models import mobilenet as _mobilenet  # noqa: F401 (registers)
 from sanp_keras.models import resnet as _resnet  # noqa: F401 (registers)
 from sanp_keras.models import vgg as _vgg  # noqa: F401 (registers)
 from sanp_keras.models.registry import create_model as create_model

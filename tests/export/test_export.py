@@ -321,3 +321,22 @@ def test_kernels_at_two_threads_equal_one_thread_and_keras(tmp_path, kernels_bui
         np.testing.assert_allclose(outs[2][name], outs[1][name], rtol=1e-5, atol=1e-6)
     assert result["decisions_equal"] == 1.0 and result["top1_equal"] == 1.0
     assert result["max_logit_diff"] < 1e-3 and 0.1 < result["open_share"] < 0.9
+
+
+def test_mobilenetv2_exports_match_keras_with_depthwise_layers_following_their_gates(
+        tmp_path, kernels_built):
+    plain = oracle.randomize_batch_norm(sk.models.create_model("mobilenetv2", gated=False))
+    model = sk.convert(plain)
+    rng = np.random.RandomState(0)
+    for layer in flops.gated_layers(model):  # about half open, per sample
+        layer.gate.excite_kernel.assign(rng.normal(0, 1.0, layer.gate.excite_kernel.shape))
+        layer.gate.excite_bias.assign(rng.normal(0, 0.3, layer.gate.excite_bias.shape))
+    x = oracle.images(6, seed=1, size=32)
+    for kind in KINDS:
+        path = export.export_tflite(model, str(tmp_path / f"{kind}.tflite"), kind,
+                                    calibration_data=x, decisions=True)
+        result = export.parity.check_file(model, path, kind, x)
+        assert result["decisions_equal"] == 1.0 and result["top1_equal"] == 1.0, kind
+        assert result["max_abs_logit"] > 1e-2, result  # a scale the difference is checked at
+        assert result["max_logit_diff"] <= 1e-4 * max(1.0, result["max_abs_logit"]), kind
+        assert 0.2 < result["open_share"] < 0.8, kind

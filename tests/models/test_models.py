@@ -7,7 +7,8 @@ from sanp_keras import flops
 
 
 def test_registry_lists_the_paper_backbones():
-    assert sk.models.list_models() == ["mcifarnet", "resnet18", "resnet20", "resnet56", "vgg19"]
+    assert sk.models.list_models() == ["mcifarnet", "mobilenetv2", "resnet18", "resnet20",
+                                       "resnet56", "vgg19"]
 
 
 @pytest.mark.parametrize("name", sk.models.list_models())
@@ -23,8 +24,9 @@ def test_every_registered_model_builds_runs_and_counts(name):
     assert all("." in l.name for l in spms)  # hierarchical names
     report = flops.measure(gated, x)
     assert report["dense_macs"] == flops.dense_macs(plain)
-    # a fresh gate keeps every channel: the cost is the dense one plus the gates'
-    assert 0 < report["mean_macs"] - report["dense_macs"] < 0.01 * report["dense_macs"]
+    # a fresh gate keeps every channel: the cost is the dense one plus the gates' (1.4 %
+    # for MobileNetV2's 35 small layers, under 1 % for the others)
+    assert 0 < report["mean_macs"] - report["dense_macs"] < 0.015 * report["dense_macs"]
 
 
 def test_unknown_model_and_bad_num_classes_are_refused():
