@@ -17,7 +17,9 @@ MACs). Parity: on `--parity_images` test images, the share of (sample, channel)
 decisions and of top-1 labels equal to Keras, and the largest logit difference.
 
     python bench/latency.py --backbones=resnet20,mcifarnet,resnet18,vgg19 \
-        --budgets=0.5,0.33 --output=bench/results/latency
+        --budgets=0.5,0.33,random --output=bench/results/latency
+
+`--budgets=random` adds the held-out case: gates nobody trained (`randomized_model`).
 
 Writes `<output>.json` and `<output>.md` with the command that produced them. Rows
 of an earlier run that this one does not measure again are kept (`--keep_rows`), each
@@ -33,6 +35,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
@@ -48,7 +51,11 @@ example = _example.load()  # defines the example's flags too
 
 BACKBONES = flags.DEFINE_list("backbones", ["resnet20", "mcifarnet", "resnet18", "vgg19"],
                               "Zoo backbones.")
-BUDGETS = flags.DEFINE_list("budgets", ["0.5", "0.33"], "Budgets, fractions of dense MACs.")
+BUDGETS = flags.DEFINE_list(
+    "budgets", ["0.5", "0.33"],
+    "Budgets, fractions of dense MACs; 'random': the freshly gated backbone with gate "
+    "weights randomized so that about half its MACs are pruned, each layer's decisions "
+    "varying with the sample (gates nobody trained, held out from the kernels' tuning).")
 THREADS = flags.DEFINE_list("threads", ["1", "2"], "Thread counts.")
 RUNS = flags.DEFINE_integer("runs", 200, "Timed runs per model (median reported).")
 WARMUP = flags.DEFINE_integer("warmup", 20, "Untimed runs first.")
@@ -79,6 +86,39 @@ FLAGS = flags.FLAGS
 ORDER = ("resnet20", "mcifarnet", "resnet18", "vgg19")
 
 
+RANDOM = "random"
+
+
+def _budget(text):
+    return RANDOM if text == RANDOM else float(text)
+
+
+def randomized_model(backbone, cost=0.5, seed=0):
+    """The gated `backbone` with random gate weights (the excitation ~ N(0, 1)), their
+    biases shifted together until about `cost` of the dense MACs remain on the
+    embedded test images: every layer about half open, a different part per sample."""
+    model = sk.models.create_model(backbone)
+    gates = [layer.gate for layer in sk.flops.gated_layers(model)]
+    rng = np.random.RandomState(seed)
+    biases = []
+    for gate in gates:
+        gate.excite_kernel.assign(rng.normal(0, 1.0, gate.excite_kernel.shape))
+        biases.append(rng.normal(0, 0.3, gate.excite_bias.shape))
+    images = datasets.normalized(datasets.load("embedded").test, 256)
+    mean_macs = sk.flops.mean_macs_function(model)
+    dense = sk.flops.dense_macs(model)
+    low, high = -5.0, 5.0  # the shift: more open as it grows
+    for _ in range(20):
+        shift = (low + high) / 2
+        for gate, bias in zip(gates, biases):
+            gate.excite_bias.assign(bias + shift)
+        if mean_macs(images) / dense > cost:
+            high = shift
+        else:
+            low = shift
+    return model
+
+
 def trained_model(backbone, budget):
     """The quick run's model for (backbone, budget), trained first if missing.
 
@@ -86,6 +126,8 @@ def trained_model(backbone, budget):
     backbone once per backbone, then SANP at each budget from it (resumable). The
     example's `--finetune_lr`, `--gate_speed` and `--clipnorm` pass through.
     """
+    if budget == RANDOM:
+        return randomized_model(backbone)
     b, w, f = (int(e) for e in QUICK_EPOCHS.value)
     dense = os.path.join(MODELS_DIR.value, f"{backbone}_dense")
     out = os.path.join(MODELS_DIR.value, f"{backbone}_{budget}")
@@ -166,11 +208,15 @@ def measure_one(backbone, budget, images):
             "portable": sum(not isinstance(e, str) for e in plans["portable"].values()),
             "kernels": sum(not e for e in plans["kernels"].values()),
             "of": len(plans["kernels"])}
-    with open(os.path.join(MODELS_DIR.value, f"{backbone}_{budget}", "report",
-                           "report.json")) as f:
-        trained = json.load(f)  # how the quick run was made, and what it reached
-    row["model"] = {key: trained.get(key) for key in ("command", "top1_error", "dataset",
-                                                      "landing")}
+    if budget == RANDOM:
+        row["model"] = {"command": None, "top1_error": None, "dataset": None,
+                        "landing": None}
+    else:
+        with open(os.path.join(MODELS_DIR.value, f"{backbone}_{budget}", "report",
+                               "report.json")) as f:
+            trained = json.load(f)  # how the quick run was made, and what it reached
+        row["model"] = {key: trained.get(key) for key in ("command", "top1_error",
+                                                          "dataset", "landing")}
     for kind in ("masked", "portable", "kernels"):
         row["parity"][kind] = parity(model, with_decisions[kind], images)
         print(f"{backbone} {budget} {kind} parity: {row['parity'][kind]}", flush=True)
@@ -252,6 +298,11 @@ def markdown(rows):
               "shown, top-1 error on the sample's 1,000 test images):", ""]
     for r in rows:
         m = r["model"]
+        if r["budget"] == RANDOM:
+            lines.append(f"- {r['backbone']} random: not trained, gate weights randomized "
+                         "(`randomized_model`), about half the MACs pruned, decisions varying "
+                         "with the sample")
+            continue
         lines.append(f"- {r['backbone']} {r['budget']}: {100 * m['top1_error']:.1f} % error, "
                      f"by `{m['command']}`")
     lines += ["", "Parity with Keras (decisions equal, top-1 equal, max logit difference, and "
@@ -284,7 +335,7 @@ def main(argv):
     del argv
     if TRAIN_ONLY.value:
         for backbone in BACKBONES.value:
-            for budget in (float(b) for b in BUDGETS.value):
+            for budget in (float(b) for b in BUDGETS.value if b != RANDOM):
                 trained_model(backbone, budget)
         return
     images = datasets.normalized(datasets.load("embedded").test, PARITY.value)
@@ -299,12 +350,13 @@ def main(argv):
                                      "warmup": WARMUP.value}, markdown(rows))
     start = time.time()
     for backbone in BACKBONES.value:
-        for budget in (float(b) for b in BUDGETS.value):
+        for budget in (_budget(b) for b in BUDGETS.value):
             row = measure_one(backbone, budget, images)
             rows = [r for r in rows if (r["backbone"], r["budget"]) != (backbone, budget)]
             rows.append(row)
             rows.sort(key=lambda r: (ORDER.index(r["backbone"]) if r["backbone"] in ORDER
-                                     else len(ORDER), -r["budget"]))
+                                     else len(ORDER),
+                                     1.0 if r["budget"] == RANDOM else -r["budget"]))
             results.write(OUTPUT.value, {"results": rows, "runs": RUNS.value,
                                          "warmup": WARMUP.value}, markdown(rows))
             print(f"[{time.time() - start:.0f} s]", file=sys.stderr, flush=True)
