@@ -35,11 +35,11 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 import _example  # noqa: E402  (bench/ is on the path when run as a script)
+import _random_gates  # noqa: E402
 import _results as results  # noqa: E402
 import _thinned  # noqa: E402
 import sanp_keras as sk  # noqa: E402
@@ -93,30 +93,11 @@ def _budget(text):
     return RANDOM if text == RANDOM else float(text)
 
 
-def randomized_model(backbone, cost=0.5, seed=0):
-    """The gated `backbone` with random gate weights (the excitation ~ N(0, 1)), their
-    biases shifted together until about `cost` of the dense MACs remain on the
-    embedded test images: every layer about half open, a different part per sample."""
-    model = sk.models.create_model(backbone)
-    gates = [layer.gate for layer in sk.flops.gated_layers(model)]
-    rng = np.random.RandomState(seed)
-    biases = []
-    for gate in gates:
-        gate.excite_kernel.assign(rng.normal(0, 1.0, gate.excite_kernel.shape))
-        biases.append(rng.normal(0, 0.3, gate.excite_bias.shape))
+def randomized_model(backbone):
+    """The gated `backbone` with gates nobody trained (`_random_gates`): about half
+    its MACs pruned on the embedded test images, decisions varying per sample."""
     images = datasets.normalized(datasets.load("embedded").test, 256)
-    mean_macs = sk.flops.mean_macs_function(model)
-    dense = sk.flops.dense_macs(model)
-    low, high = -5.0, 5.0  # the shift: more open as it grows
-    for _ in range(20):
-        shift = (low + high) / 2
-        for gate, bias in zip(gates, biases):
-            gate.excite_bias.assign(bias + shift)
-        if mean_macs(images) / dense > cost:
-            high = shift
-        else:
-            low = shift
-    return model
+    return _random_gates.randomize_gates(sk.models.create_model(backbone), images)
 
 
 def trained_model(backbone, budget):

@@ -63,28 +63,41 @@ def always_on_channels(model, calibration_data):
 
 
 KERNEL_COST_RATIO = 0.55  # the threshold's share of MACs
+# The largest output maps (pixels) the gathered forms are chosen for without measuring:
+# the custom op won on ResNet-20's 32x32 maps (bench/results/latency.md, random gates),
+# gathering by builtin ops only on small deep maps (it lost on every 32x32 one); at
+# MobileNetV2's 224x224 shapes both lost on the larger maps even with half the channels
+# closed (bench/results/mobilenet_224_threshold.md).
+KERNEL_MAX_PIXELS = 32 * 32
+GATHER_MAX_PIXELS = 8 * 8
 
 
-def builtin_layers(model, calibration_data, threshold=KERNEL_COST_RATIO):
+def builtin_layers(model, calibration_data, threshold=KERNEL_COST_RATIO,
+                   max_pixels=KERNEL_MAX_PIXELS):
     """Per SPMConv2D, whether the `kernels` export keeps it a builtin convolution.
 
     A layer whose mean MACs on the calibration data exceed `threshold` of its dense
     MACs runs faster as XNNPACK's dense convolution times its gates than in the
     custom kernel, which does fewer MACs but each more slowly than XNNPACK's
-    hand-tuned dense convolution: both are exact, so the choice only moves time.
+    hand-tuned dense convolution; so does a layer whose output map has more than
+    `max_pixels` pixels, where XNNPACK's tiling beats the kernel's whatever it prunes.
+    Both forms are exact, so the choice only moves time.
     """
     per_layer = flops.measure(model, calibration_data)["per_layer"]
-    return {name: stats["mean_macs"] > threshold * stats["dense_macs"]
+    pixels = {node.operation.name: int(np.prod(node.output_tensors[0].shape[1:3]))
+              for node in graph.model_nodes(model) if isinstance(node.operation, SPMConv2D)}
+    return {name: bool(stats["mean_macs"] > threshold * stats["dense_macs"]
+                       or pixels.get(name, 0) > max_pixels)
             for name, stats in per_layer.items() if stats.get("kind") == "conv"}
 
 
 def threshold_plan(model, kind, calibration_data):
     """The `plan` of `builders.inference_function` by the MACs threshold: `kernels`,
     `builtin_layers`; `portable`, the always-open channels, or "dense" for the layers
-    `builtin_layers` keeps builtin."""
-    builtin = builtin_layers(model, calibration_data)
+    `builtin_layers` keeps builtin with maps of at most `GATHER_MAX_PIXELS`."""
     if kind == "kernels":
-        return builtin
+        return builtin_layers(model, calibration_data)
+    builtin = builtin_layers(model, calibration_data, max_pixels=GATHER_MAX_PIXELS)
     plan = always_on_channels(model, calibration_data)
     plan.update({name: "dense" for name, keep in builtin.items() if keep})
     return plan

@@ -44,9 +44,10 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
             only, the other kinds are batch 1.
         layer_choice: for `portable` and `kernels` with calibration data, how each
             gated layer picks between its gathered / custom-op form and a dense
-            CONV_2D times its gates: "threshold" (by the share of MACs it keeps,
-            `builtin_layers`: instant) or "measured" (each layer exported alone in both
-            forms and timed on its calibration inputs, `layer_choice.measured_plan`:
+            CONV_2D times its gates: "threshold" (by the share of MACs it keeps and
+            the size of its output map, `builtin_layers`: instant) or "measured"
+            (each layer exported alone in both forms and timed on its calibration
+            inputs, `layer_choice.measured_plan`:
             about a second per layer, and faster models), or the plan that
             `layer_choice.measured_plan(model, kind, calibration_data)` returned, to
             export one model several times measuring once.
