@@ -11,7 +11,7 @@ exports and times, through the same LiteRT runtime (CompiledModel, XNNPACK on):
 - kernels_builtin_gates: `kernels` with each gate left in builtin ops
   (`gates_in_kernels=False`), which shows what computing them in the kernels saves.
 
-Reports the median of `--runs` runs after `--warmup`, at 1 and 2 threads, the realized
+Reports the median of `--runs` runs after `--warmup`, at 1, 2 and 4 threads, the realized
 speed-up t_dense / t and its ratio to the theoretical one (dense MACs / mean gated
 MACs). Parity: on `--parity_images` test images, the share of (sample, channel)
 decisions and of top-1 labels equal to Keras, and the largest logit difference.
@@ -56,7 +56,7 @@ BUDGETS = flags.DEFINE_list(
     "Budgets, fractions of dense MACs; 'random': the freshly gated backbone with gate "
     "weights randomized so that about half its MACs are pruned, each layer's decisions "
     "varying with the sample (gates nobody trained, held out from the kernels' tuning).")
-THREADS = flags.DEFINE_list("threads", ["1", "2"], "Thread counts.")
+THREADS = flags.DEFINE_list("threads", ["1", "2", "4"], "Thread counts.")
 RUNS = flags.DEFINE_integer("runs", 200, "Timed runs per model (median reported).")
 WARMUP = flags.DEFINE_integer("warmup", 20, "Untimed runs first.")
 PARITY = flags.DEFINE_integer("parity_images", 1000, "Test images of the parity check.")
