@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The converged-models runs of issue 17, in order, each resumable: rerun this script
+# after any interruption (or on a fresh machine after restoring
+# checkpoints/resnet20_dense_resume, see checkpoints/README.md) and it goes on where it
+# stopped. A run whose report exists is skipped. Long: the dense backbone is about 7 h
+# on 2 cores, each fine-tune 1-2 h.
+#
+#   nice bash bench/converged.sh            # everything, in the order below
+#   nice bash bench/converged.sh sanp_0.33  # one run (dense, sanp_0.5, fixed_k_0.5...)
+#
+# Logs: runs/converged/<run>.log. After each run, snapshot what a later step needs and
+# commit it (the dense backbone as sanp_keras/pretrained/resnet20_cifar10 by its run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checkout, whatever is installed
+data=../shared/data/cifar10
+out=runs/converged
+backbone="$out/dense/model.keras"
+common=(--dataset="$data" --batch_size=256 --export=none)
+finetune=(--pretrained="$backbone" --warmup_epochs=2 --finetune_epochs=20
+          --finetune_lr=0.01 --weight_decay=5e-4 --calibration_images=1000)
+
+declare -A runs=(
+  [dense]="--mode=dense --backbone_epochs=160 --backbone_lr=0.2 --weight_decay=5e-3 --lr_warmup_epochs=3 --save_pretrained=resnet20_cifar10"
+  [sanp_0.5]="--mode=sanp --budget=0.5 --save_pretrained=resnet20_cifar10_sanp_0.5"
+  [sanp_0.33]="--mode=sanp --budget=0.33 --save_pretrained=resnet20_cifar10_sanp_0.33"
+  [fixed_k_0.5]="--mode=fixed_k --budget=0.5"
+  [fixed_k_0.33]="--mode=fixed_k --budget=0.33"
+  [sanp_kd_0.5]="--mode=sanp --budget=0.5 --distill=0.7"
+  [sanp_kd_0.33]="--mode=sanp --budget=0.33 --distill=0.7"
+  [slimming_0.5]="--mode=slimming --budget=0.5"
+  [slimming_0.33]="--mode=slimming --budget=0.33"
+  [static_0.5]="--mode=static --budget=0.5"
+  [fbs_0.5]="--mode=fbs --budget=0.5"
+  [thin_0.5]="--mode=thin --budget=0.5 --backbone_epochs=160 --backbone_lr=0.2 --weight_decay=5e-3 --lr_warmup_epochs=3"
+)
+order=(dense sanp_0.33 fixed_k_0.33 sanp_0.5 fixed_k_0.5 slimming_0.5 slimming_0.33
+       sanp_kd_0.5 sanp_kd_0.33 static_0.5 fbs_0.5 thin_0.5)
+selected=("${@:-${order[@]}}")
+
+for run in "${selected[@]}"; do
+  if [ -z "${runs[$run]+x}" ]; then
+    echo "converged.sh: unknown run '$run'; expected one of: ${order[*]}" >&2
+    exit 2
+  fi
+  dir="$out/$run"
+  if [ -e "$dir/report/report.json" ]; then
+    echo "[$run] done: $dir/report/report.json"
+    continue
+  fi
+  args=("${common[@]}" --output_dir="$dir")
+  case "$run" in
+    dense|thin_*) ;;
+    *)
+      if [ ! -e "$backbone" ]; then
+        echo "[$run] needs $backbone: run 'dense' first" >&2
+        exit 1
+      fi
+      args+=("${finetune[@]}") ;;
+  esac
+  echo "[$run] $(date -u +%FT%TZ) python examples/train_cifar.py ${args[*]} ${runs[$run]}"
+  # shellcheck disable=SC2086  # the run's flags are words
+  python examples/train_cifar.py "${args[@]}" ${runs[$run]} >> "$out/$run.log" 2>&1
+done
