@@ -27,8 +27,8 @@ class SPMConv2D(keras.layers.Layer):
     rescaling factor `sigmoid(g)` is bounded and non-negative (it never flips a
     feature's sign) and keeps a gradient for closed channels. In inference a closed
     channel is exactly zero. Under a mixed precision policy the gate (and the cost
-    loss) compute in float32, the convolution in the policy's compute dtype. In `mode="dense"` no gate runs and
-    `y = activation(BN(W * x))`, the plain layer.
+    loss) compute in float32, the convolution in the policy's compute dtype. In
+    `mode="dense"` no gate runs and `y = activation(BN(W * x))`, the plain layer.
 
     Budget control (see `sanp_keras.BudgetCallback`) goes through two non-trainable
     variables this layer owns:
@@ -241,7 +241,8 @@ class SPMConv2D(keras.layers.Layer):
                     cost_scores = scores
                     if self.gate_gradient == "task":
                         # The same scores, but the cost's gradient stops at the gate.
-                        cost_scores = self.gate.saliency(ops.stop_gradient(inputs))
+                        cost_scores = self.gate.saliency(ops.cast(
+                            ops.stop_gradient(inputs), self.gate.compute_dtype))
                     activity = _soft_activity(cost_scores, self.cost_gain,
                                               self._spared())  # (C_out,)
                     self.add_loss(self.cost_weight * ops.sum(activity))

@@ -172,6 +172,25 @@ def policy(request):
     keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.parametrize("gate_gradient", ["task", "none"])
+def test_every_gate_gradient_trains_under_mixed_precision(gate_gradient):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        x, y = _data(64)
+        inputs = keras.Input((12, 12, 3))
+        h = sk.SPMConv2D(8, 3, padding="same", activation="relu",
+                         gate_gradient=gate_gradient)(inputs)
+        outputs = keras.layers.Dense(2, dtype="float32")(
+            keras.layers.GlobalAveragePooling2D()(h))
+        model = keras.Model(inputs, outputs)
+        model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = model.fit(x, y, batch_size=32, epochs=1, verbose=0,
+                            callbacks=[sk.BudgetCallback(budget=0.5)])
+        assert np.isfinite(history.history["loss"][-1])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"], indirect=True)
 def test_fit_lands_on_the_budget_under_mixed_precision(policy):
     x, y = _data()
