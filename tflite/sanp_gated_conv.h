@@ -98,7 +98,8 @@ int sanp_set_isa(const char* name);
  * writes its own outputs, so the result does not depend on the count. 1 (the
  * default): no pool. sanp_set_num_threads returns 0, or -1 (nothing changed) for a
  * count outside [1, SANP_MAX_THREADS] or threads that cannot start. Not while a kernel
- * runs; the pool is shared by the whole process. */
+ * runs; the pool is shared by the whole process: with more than one thread, run one
+ * model at a time (two threads calling the kernels at once would share its tasks). */
 enum { SANP_MAX_THREADS = 64 };
 int sanp_set_num_threads(int threads);
 int sanp_num_threads(void);
