@@ -27,6 +27,7 @@ from sanp_keras.layers import GatedDepthwiseConv2D
 from sanp_keras.layers import SPMConv2D
 
 KINDS = ("portable", "masked", "kernels")
+GATE_SCOPE = "sanp_gate"  # every gate's ops are named under it (quantize.py keeps them float)
 
 
 def gate_scale(x, gate):
@@ -35,8 +36,13 @@ def gate_scale(x, gate):
     scale = d * sigmoid(g) (METHOD.md eq. 5-6), d * g for fbs, d for a gate with
     `rescale="none"`; d = 1[g > 0], the
     best channel always open (sanp, static); the top k scores (fixed_k; fbs: those
-    above 0, and the best); all ones (dense).
+    above 0, and the best); all ones (dense). Its ops are named under GATE_SCOPE.
     """
+    with tf.name_scope(GATE_SCOPE):
+        return _gate_scale(x, gate)
+
+
+def _gate_scale(x, gate):
     if gate.mode == "dense":
         ones = tf.ones((tf.shape(x)[0], gate.units), x.dtype)
         return ones, ones
@@ -288,16 +294,23 @@ def inference_function(model, kind, plan=None, decisions=False, batch_size=None)
     return run, signature
 
 
-def convert(function, signature, weights=()):
+def convert(function, signature, weights=(), quantize=None, calibration_data=None):
     """TFLite flatbuffer of a tf.function, builtin ops only (a Flex op fails loudly).
 
     weights: variables the function reads, tracked so that saving can freeze them.
+    quantize: None (float32) or "int8" (post-training, ranges calibrated on
+        `calibration_data`, gates float: `quantize.int8_flatbuffer`).
     """
     module = tf.Module()
     module.run = function
     module.weights = list(weights)
     with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(module, tmp, signatures=function.get_concrete_function(*signature))
+        if quantize == "int8":
+            from sanp_keras.export import quantize as quantization
+
+            return quantization.int8_flatbuffer(tmp, calibration_data,
+                                                signature[0].shape[0])[0]
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         return converter.convert()

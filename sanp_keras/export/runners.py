@@ -261,7 +261,7 @@ class KernelRunner:
         return self._lib.sanp_kernel_time_ms() / runs, self._lib.sanp_kernel_calls() / runs
 
     def close(self):
-        if self._handle:
+        if getattr(self, "_handle", None):  # None too when __init__ failed
             self._lib.sanp_runner_destroy(self._handle)
             self._handle = None
 

@@ -8,13 +8,14 @@ from sanp_keras.export import builders
 from sanp_keras.export import folding
 from sanp_keras.export import layer_choice as choice
 from sanp_keras.export import patching
+from sanp_keras.export import quantize as quantization
 
 LAYER_CHOICES = ("threshold", "measured")
 
 
 def export_tflite(model, path, kind="portable", calibration_data=None, decisions=False,
                   batch_size=None, layer_choice="threshold", verbose=False,
-                  gates_in_kernels=True):
+                  gates_in_kernels=True, quantize=None):
     """Writes `model` (holding SPMConv2D layers) to a `.tflite` file.
 
     Args:
@@ -55,6 +56,14 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
         gates_in_kernels: `kernels` only: each SANP layer's gate is computed by the
             custom ops (SanpSEGatedConv2D, SanpSEGate) rather than by ~12 builtin ops;
             False keeps the builtin gates (to measure what moving them saves).
+        quantize: None (float32) or `"int8"`: post-training full-integer quantization
+            of `masked` and `portable` (int8 activations, per-channel int8 weights,
+            int32 biases; float32 input and outputs), its ranges calibrated on
+            `calibration_data` (required). Each gate stays float32 inside the int8
+            graph, so that its decisions follow the float model's as closely as the
+            int8 feature maps allow (`sanp_keras.export.quantize`). A model without
+            gates (a plain Keras model) exported as `masked` is the int8 dense
+            model to compare with. `kernels` has no int8 custom ops yet: refused.
 
     Returns:
         The path written.
@@ -67,6 +76,11 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
     if layer_choice == "measured" and calibration_data is None and kind != "masked":
         raise ValueError("layer_choice='measured' times each layer on calibration inputs: "
                          "pass calibration_data (images, N x H x W x C).")
+    quantization.check_quantize(quantize, calibration_data)
+    if quantize is not None and kind == "kernels":
+        raise ValueError(f"export_tflite(kind='kernels', quantize={quantize!r}): the gated "
+                         "custom ops are float32 only; export kind='portable' or 'masked' "
+                         "with quantize='int8', or kind='kernels' without quantize.")
     plan = None
     if isinstance(layer_choice, dict):
         plan = layer_choice
@@ -87,7 +101,8 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
             plan = choice.threshold_plan(model, kind, calibration_data)
     function, signature = builders.inference_function(
         model, kind, plan, decisions=decisions, batch_size=batch_size)
-    flatbuffer = builders.convert(function, signature, [w.value for w in model.weights])
+    flatbuffer = builders.convert(function, signature, [w.value for w in model.weights],
+                                  quantize=quantize, calibration_data=calibration_data)
     if kind == "kernels":
         dynamic = [layer for layer in flops.gated_layers(model)
                    if layer.mode in choice.DYNAMIC_MODES]
