@@ -5,12 +5,13 @@ For each model (a `.keras` file, a shipped name of `sanp_keras.models.list_pretr
 or `random`: ResNet-20 with gate weights randomized about half open, `_random_gates`):
 
 - agreement on `--images` test images of the embedded sample: `export_tflite(...,
-  quantize="int8")` of `masked` and `portable` against the float Keras model (gate
+  quantize="int8")` of `masked`, `portable` and `kernels` against the float Keras model (gate
   decisions equal, top-1 equal, top-1 error of both), and the int8 dense model
-  (`sanp_keras.strip(model)`, every gate removed) against the float dense one;
+  (`sanp_keras.strip(model)`, every gate removed) against the float dense one; and
+  int8 `kernels` against int8 `masked` (the same int8 arithmetic: equal outputs);
 - latency at each of `--threads`: dense float32, dense int8, and the gated kinds in
-  float32 (`portable`, `kernels`) and int8 (`masked`, `portable`), timed in turn in
-  one run (`export.time_side_by_side`). Theory: dense MACs / mean gated MACs.
+  float32 (`portable`, `kernels`) and int8 (`masked`, `portable`, `kernels`), timed in
+  turn in one run (`export.time_side_by_side`). Theory: dense MACs / mean gated MACs.
 
 Calibration: the first `--calibration_images` training images of the sample (not the
 test images the agreement is measured on).
@@ -49,7 +50,7 @@ WARMUP = flags.DEFINE_integer("warmup", 20, "Untimed runs first.")
 MODELS_DIR = flags.DEFINE_string("models_dir", "runs/int8", "Where the .tflite files go.")
 OUTPUT = flags.DEFINE_string("output", "bench/results/int8", "Output path stem.")
 TIMED = ("dense_f32", "dense_int8", "portable_f32", "kernels_f32", "masked_int8",
-         "portable_int8")
+         "portable_int8", "kernels_int8")
 
 
 def load_model(name, images):
@@ -80,7 +81,7 @@ def export_all(model, calibration, folder):
         paths[f"{kind}_f32"] = export.export_tflite(
             model, f"{folder}/{kind}_f32.tflite", kind, calibration_data=calibration)
     checked = {}
-    for kind in ("masked", "portable"):
+    for kind in ("masked", "portable", "kernels"):
         options = dict(calibration_data=calibration, quantize="int8", batch_size=1)
         paths[f"{kind}_int8"] = export.export_tflite(
             model, f"{folder}/{kind}_int8.tflite", kind, **options)
@@ -106,13 +107,19 @@ def measure(name, test, calibration):
     if name.endswith(".keras") and os.path.exists(report):
         with open(report) as f:
             row["trained_by"] = json.load(f).get("command")
+    outputs = {}
     for kind, path in checked.items():
-        runner = export.Interpreter(path)
-        got = export.parity.run_all(runner, x, 1)
+        runner = export.KernelRunner(path) if kind == "kernels" else export.Interpreter(path)
+        got = outputs[kind] = export.parity.run_all(runner, x, 1)
         agree = export.parity.compare(model, runner, x, 1)
         agree["error_int8"] = error(got["output"], labels) if trained else None
         row["agreement"][kind] = agree
         print(f"{name} {kind} int8: {export.parity.summary(agree)}", flush=True)
+    # SanpGatedConv2DInt8 against the int8 graph it replaced, on every output
+    row["kernels_vs_masked"] = {
+        name: {"equal": float(np.mean(outputs["kernels"][name] == want)),
+               "max_abs_diff": float(np.abs(outputs["kernels"][name] - want).max())}
+        for name, want in outputs["masked"].items()}
     dense_got = export.parity.run_all(export.Interpreter(paths["dense_int8"]), x, 1)["output"]
     dense_float = plain.predict(x, verbose=0, batch_size=100)
     row["dense"] = {
@@ -163,15 +170,28 @@ def markdown(rows):
             cells = " | ".join(f"{t[k]:.3f} ({base / t[k]:.2f}x)" for k in TIMED)
             lines.append(f"| {r['model']} | {r['theoretical_speedup']:.2f}x | {threads} "
                          f"| {cells} |")
-    lines += ["", "int8 gated against int8 dense (t_dense_int8 / t):", "",
-              "| model | theory | threads | masked int8 | portable int8 | portable int8 vs "
-              "portable f32 |", "|---|---|---|---|---|---|"]
+    lines += ["", "int8 `kernels` against int8 `masked` (share of output values equal, largest "
+              "difference):", "", "| model | output | equal | max diff |", "|---|---|---|---|"]
+    for r in rows:
+        compared = r["kernels_vs_masked"]
+        decisions = [e for name, e in compared.items() if name.startswith("decisions_")]
+        if decisions:
+            lines.append(f"| {r['model']} | decisions ({len(decisions)} layers) "
+                         f"| {_pct(min(e['equal'] for e in decisions))} (least) "
+                         f"| {max(e['max_abs_diff'] for e in decisions):.3g} |")
+        e = compared["output"]
+        lines.append(f"| {r['model']} | output | {_pct(e['equal'])} | {e['max_abs_diff']:.3g} |")
+    lines += ["", "int8 gated against int8 dense (t_dense_int8 / t; theory: the same MACs "
+              "ratio), and int8 against float32 `kernels`:", "",
+              "| model | theory | threads | masked int8 | portable int8 | kernels int8 "
+              "| kernels int8 vs kernels f32 |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         for threads, t in r["latency_ms"].items():
             q = t["dense_int8"]
             lines.append(f"| {r['model']} | {r['theoretical_speedup']:.2f}x | {threads} "
                          f"| {q / t['masked_int8']:.2f}x | {q / t['portable_int8']:.2f}x "
-                         f"| {t['portable_f32'] / t['portable_int8']:.2f}x |")
+                         f"| {q / t['kernels_int8']:.2f}x "
+                         f"| {t['kernels_f32'] / t['kernels_int8']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

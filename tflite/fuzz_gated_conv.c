@@ -9,7 +9,9 @@
  * gets random gate weights on the same tensors: its decisions are checked against the
  * gate computed here in double precision, its output against the direct convolution
  * with those decisions, and the gate alone (sanp_se_gate) must give the same
- * decisions; half the cases add a residual before the activation. Buffers are
+ * decisions; half the cases add a residual before the activation. The int8 entry is
+ * checked byte for byte against its formula (int8_case), on its portable and VNNI
+ * paths. Buffers are
  * allocated at their exact size, so any read past them is an ASan finding.
  *
  *   fuzz_gated_conv [iterations] [seed]   exit status 0: all passed
@@ -298,6 +300,120 @@ static void one_case(int iteration) {
   free(params.data); free(out.data);
 }
 
+/* The int8 entry (sanp_gated_conv2d_int8) against its formula computed directly here:
+ * random quantization parameters, gates with closed channels (a scale of 0, or one
+ * that quantizes to s_zero), input channels held at x_zero, every activation. The
+ * kernel must give the same bytes, whatever its path or thread count. */
+static int8_t random_int8(void) { return (int8_t)range(-128, 127); }
+
+static int round_to_even(float v) { return (int)nearbyintf(v); }
+
+static int clamp8(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+static void int8_case(int iteration) {
+  const int kh = 2 * range(0, 2) + 1, kw = kh, sh = range(1, 2), sw = sh;
+  const int same = range(0, 1);
+  const int h = range(kh, 14), wd = range(kw, 14);
+  const int c_in = range(0, 2) == 0 ? 4 * range(1, 12) : range(1, 40);
+  const int c_out = range(1, 40), act = range(0, 2);
+  int oh, ow, pt = 0, pl = 0;
+  if (same) {
+    oh = (h + sh - 1) / sh; ow = (wd + sw - 1) / sw;
+    const int th = (oh - 1) * sh + kh - h, tw = (ow - 1) * sw + kw - wd;
+    pt = (th > 0 ? th : 0) / 2; pl = (tw > 0 ? tw : 0) / 2;
+  } else {
+    oh = (h - kh) / sh + 1; ow = (wd - kw) / sw + 1;
+  }
+  const int xd[4] = {1, h, wd, c_in}, sd[4] = {1, 1, 1, c_out}, fd[4] = {c_out, kh, kw, c_in};
+  const int bd[1] = {c_out}, pd[3] = {oh, ow, SANP_PARAM_COUNT}, od[4] = {1, oh, ow, c_out};
+  const int qd[1] = {SANP_INT8_QUANT + c_out};
+  SanpTensor x = sanp_test_tensor(SANP_INT8, 4, xd);
+  SanpTensor scale = sanp_test_tensor(SANP_FLOAT32, 4, sd);
+  SanpTensor filter = sanp_test_tensor(SANP_INT8, 4, fd);
+  SanpTensor bias = sanp_test_tensor(SANP_INT32, 1, bd);
+  SanpTensor params = sanp_test_tensor(SANP_INT32, 3, pd);
+  SanpTensor quant = sanp_test_tensor(SANP_FLOAT32, 1, qd);
+  SanpTensor out = sanp_test_tensor(SANP_INT8, 4, od);
+  int8_t* xs = x.data; int8_t* fs = filter.data; int32_t* bs = bias.data;
+  float* ss = scale.data; float* qs = quant.data;
+  const int x_zero = range(-128, 127), y_zero = range(-128, 127);
+  const int s_zero = range(-128, 0), out_zero = range(-128, 127);
+  const float x_scale = 0.001f + 0.05f * (uniform() + 1.0f);
+  const float y_scale = 0.01f + 0.5f * (uniform() + 1.0f);
+  const float s_scale = 1.0f / 255.0f, out_scale = 0.005f + 0.3f * (uniform() + 1.0f);
+  qs[0] = x_scale; qs[1] = (float)x_zero; qs[2] = y_scale; qs[3] = (float)y_zero;
+  qs[4] = s_scale; qs[5] = (float)s_zero; qs[6] = out_scale; qs[7] = (float)out_zero;
+  for (int c = 0; c < c_out; ++c) qs[SANP_INT8_QUANT + c] = 0.002f + 0.02f * (uniform() + 1.0f);
+  for (int r = 0; r < c_in; ++r) {
+    const int dead = range(0, 3) == 0;  /* a channel at x_zero: a zero input */
+    for (int p = 0; p < h * wd; ++p) xs[(size_t)p * c_in + r] = dead ? (int8_t)x_zero : random_int8();
+  }
+  for (size_t i = 0; i < (size_t)c_out * kh * kw * c_in; ++i) fs[i] = random_int8();
+  const int gates = range(0, 3);  /* 0: all closed, 1: all open, else random */
+  for (int c = 0; c < c_out; ++c) {
+    bs[c] = range(0, 9) == 0 ? (int32_t)(next() % 2000000000u) - 1000000000 : range(-3000, 3000);
+    const int open = gates == 1 || (gates >= 2 && range(0, 1));
+    ss[c] = open ? 0.05f + 0.45f * (uniform() + 1.0f) : (range(0, 1) ? 0.0f : 0.4f * s_scale);
+  }
+  int32_t* ps = params.data;
+  ps[0] = sh; ps[1] = sw; ps[2] = pt; ps[3] = pl; ps[4] = act;
+
+  SanpStatus s = sanp_gated_conv2d_int8(&x, &scale, &filter, &bias, &params, &quant, &out);
+  EXPECT(s == SANP_OK, "int8 case %d returned %s", iteration, sanp_status_message(s));
+  int lo = act >= 1 ? (out_zero > -128 ? out_zero : -128) : -128, hi = 127;
+  if (act == 2 && out_zero + round_to_even(6.0f / out_scale) < 127)
+    hi = out_zero + round_to_even(6.0f / out_scale);
+  const int8_t* ys = out.data;
+  for (int p = 0; p < oh && s == SANP_OK; ++p)
+    for (int q = 0; q < ow; ++q)
+      for (int c = 0; c < c_out; ++c) {
+        long acc = bs[c];
+        for (int i = 0; i < kh; ++i)
+          for (int j = 0; j < kw; ++j) {
+            const int ih = p * sh + i - pt, iw = q * sw + j - pl;
+            if (ih < 0 || ih >= h || iw < 0 || iw >= wd) continue;
+            for (int r = 0; r < c_in; ++r)
+              acc += (long)(xs[((size_t)ih * wd + iw) * c_in + r] - x_zero) *
+                     fs[(((size_t)c * kh + i) * kw + j) * c_in + r];
+          }
+        const float m_conv = x_scale * qs[SANP_INT8_QUANT + c] / y_scale;
+        const int y = clamp8(round_to_even((float)acc * m_conv) + y_zero, -128, 127);
+        const int sq = clamp8(round_to_even(ss[c] / s_scale) + s_zero, -128, 127) - s_zero;
+        const int v = round_to_even((float)((y - y_zero) * sq) * (y_scale * s_scale / out_scale));
+        const int want = clamp8(v + out_zero, lo, hi);
+        const int got = ys[((size_t)p * ow + q) * c_out + c];
+        EXPECT(got == want, "int8 case %d pixel (%d,%d) channel %d: got %d want %d", iteration,
+               p, q, c, got, want);
+      }
+
+  SanpTensor bad;
+  bad = x; bad.dtype = SANP_FLOAT32;
+  EXPECT(sanp_gated_conv2d_int8(&bad, &scale, &filter, &bias, &params, &quant, &out) ==
+         SANP_ERROR_DTYPE, "int8 x dtype");
+  bad = x; bad.bytes -= 1;
+  EXPECT(sanp_gated_conv2d_int8(&bad, &scale, &filter, &bias, &params, &quant, &out) ==
+         SANP_ERROR_SIZE, "int8 short x");
+  bad = out; bad.bytes -= 1;
+  EXPECT(sanp_gated_conv2d_int8(&x, &scale, &filter, &bias, &params, &quant, &bad) ==
+         SANP_ERROR_SIZE, "int8 short out");
+  bad = quant; bad.dims[0] -= 1;
+  EXPECT(sanp_gated_conv2d_int8(&x, &scale, &filter, &bias, &params, &bad, &out) ==
+         SANP_ERROR_SHAPE, "int8 quant size");
+  bad = bias; bad.dtype = SANP_FLOAT32;
+  EXPECT(sanp_gated_conv2d_int8(&x, &scale, &filter, &bad, &params, &quant, &out) ==
+         SANP_ERROR_DTYPE, "int8 bias dtype");
+  const float saved_scale = qs[0], saved_zero = qs[1];
+  qs[0] = -1.0f;
+  EXPECT(sanp_gated_conv2d_int8(&x, &scale, &filter, &bias, &params, &quant, &out) ==
+         SANP_ERROR_PARAMS, "int8 negative scale");
+  qs[0] = saved_scale; qs[1] = 0.5f;
+  EXPECT(sanp_gated_conv2d_int8(&x, &scale, &filter, &bias, &params, &quant, &out) ==
+         SANP_ERROR_PARAMS, "int8 fractional zero point");
+  qs[1] = saved_zero;
+  free(x.data); free(scale.data); free(filter.data); free(bias.data);
+  free(params.data); free(quant.data); free(out.data);
+}
+
 /* fuzz_gated_conv [iterations [seed [isa]]]: the same cases on every instruction-set
  * variant this CPU runs (or on `isa` alone), each on 1, 2 and 3 threads. */
 int main(int argc, char** argv) {
@@ -338,6 +454,30 @@ int main(int argc, char** argv) {
     sanp_set_parallel_min_macs(default_min_macs);
     ++variants;
   }
+  /* The int8 kernel: its portable path, then VNNI where the CPU has it. */
+  for (int portable = 1; portable >= 0 && (only == NULL || strcmp(only, "int8") == 0);
+       --portable) {
+    sanp_int8_force_portable(portable);
+    if (!portable && strcmp(sanp_int8_isa(), "portable") == 0) {
+      printf("int8 avx512vnni: not run by this CPU, skipped\n");
+      break;
+    }
+    const int thread_counts[3] = {1, 2, 3};
+    for (int t = 0; t < 3; ++t) {
+      sanp_set_num_threads(thread_counts[t]);
+      sanp_set_parallel_min_macs(thread_counts[t] > 1 ? 0 : default_min_macs);
+      const int before = failures;
+      state = seed;
+      for (int i = 0; i < iterations; ++i) int8_case(i);
+      printf("int8 %s, %d thread%s: %d cases, %d failures\n", sanp_int8_isa(),
+             thread_counts[t], thread_counts[t] > 1 ? "s" : "", iterations,
+             failures - before);
+    }
+    sanp_set_num_threads(1);
+    sanp_set_parallel_min_macs(default_min_macs);
+    ++variants;
+  }
+  sanp_int8_force_portable(0);
   if (variants == 0) {
     printf("no variant run\n");
     return 1;

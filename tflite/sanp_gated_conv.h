@@ -16,7 +16,7 @@
 extern "C" {
 #endif
 
-enum { SANP_FLOAT32 = 1, SANP_INT32 = 2 }; /* LiteRtElementType / TfLiteType codes */
+enum { SANP_FLOAT32 = 1, SANP_INT32 = 2, SANP_INT8 = 9 }; /* LiteRtElementType / TfLiteType codes */
 enum { SANP_MAX_RANK = 8 };
 
 typedef enum {
@@ -72,6 +72,35 @@ SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
  * and decisions (1, C_out) (NULL: not wanted). */
 SanpStatus sanp_se_gate(const SanpTensor* x, const SanpTensor* gate, SanpTensor* scale,
                         SanpTensor* decisions);
+
+/* The int8 gated convolution (SanpGatedConv2DInt8): the arithmetic of the int8 masked
+ * graph (export_tflite(kind="masked", quantize="int8")), CONV_2D then MUL by the
+ * quantized gate scale, fused and computed only for the open channels and the live
+ * inputs:
+ *   acc[c]  = sum_{i,j,r} (x[...] - x_zero) * w[c, i, j, r]  (outside the map: 0)
+ *   y[c]    = clamp(round((acc + bias[c]) * x_scale * w_scale[c] / y_scale) + y_zero)
+ *   s[c]    = clamp(round(scale[c] / s_scale) + s_zero)      (the gate, quantized)
+ *   out[c]  = clamp_act(round((y - y_zero) * (s - s_zero) * y_scale * s_scale
+ *                             / out_scale) + out_zero)
+ * round: to nearest, ties to even (XNNPACK's float requantization); clamp: to int8;
+ * clamp_act: also to >= out_zero (relu) and <= out_zero + round(6 / out_scale)
+ * (relu6). A closed channel (s == s_zero) is out_zero (clamped by the activation); an
+ * input channel equal to x_zero everywhere adds nothing and is skipped.
+ * Inputs: x (1, H, W, C_in) int8, scale (1, C_out) or (1, 1, 1, C_out) f32 (the float
+ * gate's scale),
+ * filter (C_out, kh, kw, C_in) int8, bias (C_out) int32, params as above, quant (8 +
+ * C_out) f32 = [x_scale, x_zero, y_scale, y_zero, s_scale, s_zero, out_scale,
+ * out_zero, w_scale[0 .. C_out - 1]]; out (1, H_out, W_out, C_out) int8. The dot
+ * products use AVX-512 VNNI where the CPU has it (chosen at run time), else portable
+ * C; `sanp_int8_isa` names the one in use. */
+enum { SANP_INT8_QUANT = 8 };
+SanpStatus sanp_gated_conv2d_int8(const SanpTensor* x, const SanpTensor* scale,
+                                  const SanpTensor* filter, const SanpTensor* bias,
+                                  const SanpTensor* params, const SanpTensor* quant,
+                                  SanpTensor* out);
+const char* sanp_int8_isa(void);
+/* 0: VNNI where the CPU has it (the default), 1: the portable path (tests). */
+void sanp_int8_force_portable(int portable);
 
 /* Output shape from the input shapes alone: rank-4 dims into out_dims. */
 SanpStatus sanp_gated_conv2d_output_shape(const SanpTensor* x, const SanpTensor* filter,

@@ -5,7 +5,9 @@
  * decisions]): the same convolution with the layer's SE gate computed in the kernel from
  * x, and a residual block's shortcut added before the activation when given.
  * SanpSEGate: inputs (x, gate), outputs (scale[, decisions]): the gate alone, for a layer
- * kept a builtin convolution. Each tensor of a call costs the dispatcher a buffer, so
+ * kept a builtin convolution. SanpGatedConv2DInt8: inputs (x, scale, filter, bias,
+ * params, quant), one output: the int8 convolution of an int8 export
+ * (sanp_gated_conv2d_int8). Each tensor of a call costs the dispatcher a buffer, so
  * the export leaves out the decisions where nothing reads them.
  * See sanp_gated_conv.h. Register all three on LiteRtOptions with sanp_register_kernels()
  * before compiling a model exported with kind="kernels". The runner wraps the
@@ -24,6 +26,7 @@
 #define SANP_OP_NAME "SanpGatedConv2D"
 #define SANP_SE_OP_NAME "SanpSEGatedConv2D"
 #define SANP_GATE_OP_NAME "SanpSEGate"
+#define SANP_INT8_OP_NAME "SanpGatedConv2DInt8"
 
 /* LiteRT 2.3.0 ignores the status a custom kernel returns, so the last one is also
  * kept here: the runner turns it into an error of the run. */
@@ -59,16 +62,19 @@ static LiteRtStatus op_init(void* user_data, const void* data, size_t size) {
 }
 
 /* user_data of each op: which one it is. */
-typedef enum { OP_GATED_CONV, OP_SE_GATED_CONV, OP_SE_GATE } OpKind;
-static const OpKind kKinds[3] = {OP_GATED_CONV, OP_SE_GATED_CONV, OP_SE_GATE};
-static const size_t kInputs[3] = {5, 5, 2}, kOutputs[3] = {1, 2, 2};
+typedef enum { OP_GATED_CONV, OP_SE_GATED_CONV, OP_SE_GATE, OP_GATED_CONV_INT8 } OpKind;
+enum { OP_KINDS = 4 };
+static const OpKind kKinds[OP_KINDS] = {OP_GATED_CONV, OP_SE_GATED_CONV, OP_SE_GATE,
+                                        OP_GATED_CONV_INT8};
+static const size_t kInputs[OP_KINDS] = {5, 5, 2, 6}, kOutputs[OP_KINDS] = {1, 2, 2, 1};
 
 /* Whether an op of `kind` takes `n_in` inputs and `n_out` outputs: SanpSEGatedConv2D
  * takes a sixth, optional input, the residual added before the activation; the SE ops'
  * decisions output is optional (left out where nothing reads it). */
 static int takes(OpKind kind, size_t n_in, size_t n_out) {
   const int inputs = n_in == kInputs[kind] || (kind == OP_SE_GATED_CONV && n_in == 6);
-  return inputs && (n_out == kOutputs[kind] || (kind != OP_GATED_CONV && n_out == 1));
+  const int one_output = kind == OP_GATED_CONV || kind == OP_GATED_CONV_INT8;
+  return inputs && (n_out == kOutputs[kind] || (!one_output && n_out == 1));
 }
 
 static LiteRtStatus op_output_layouts(void* user_data, size_t num_inputs,
@@ -86,7 +92,7 @@ static LiteRtStatus op_output_layouts(void* user_data, size_t num_inputs,
     outputs[0].dimensions[0] = outputs[0].dimensions[1] = 1;
     outputs[0].dimensions[2] = dims[3];
   } else {
-    SanpTensor x, filter, params;
+    SanpTensor x, filter, params;  /* the geometry reads shapes only: any dtype */
     layout_tensor(&inputs[0], SANP_FLOAT32, &x);
     layout_tensor(&inputs[2], SANP_FLOAT32, &filter);
     layout_tensor(&inputs[4], SANP_INT32, &params);
@@ -152,6 +158,9 @@ static LiteRtStatus op_run(void* user_data, size_t num_inputs,
       case OP_SE_GATE:
         last_status = sanp_se_gate(&t[0], &t[1], &t[2], num_outputs == 2 ? &t[3] : NULL);
         break;
+      case OP_GATED_CONV_INT8:
+        last_status = sanp_gated_conv2d_int8(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6]);
+        break;
     }
     kernel_ms += now_ms() - start;
     kernel_calls += 1;
@@ -174,8 +183,9 @@ static const LiteRtCustomOpKernel kCallbacks = {op_init, op_output_layouts, op_r
                                                 op_destroy};
 
 LiteRtStatus sanp_register_kernels(LiteRtOptions options) {
-  const char* names[3] = {SANP_OP_NAME, SANP_SE_OP_NAME, SANP_GATE_OP_NAME};
-  for (int i = 0; i < 3; ++i) {
+  const char* names[OP_KINDS] = {SANP_OP_NAME, SANP_SE_OP_NAME, SANP_GATE_OP_NAME,
+                                 SANP_INT8_OP_NAME};
+  for (int i = 0; i < OP_KINDS; ++i) {
     LiteRtStatus s = LiteRtAddCustomOpKernelOption(options, names[i], 1, &kCallbacks,
                                                    (void*)&kKinds[i]);
     if (s != kLiteRtStatusOk) return s;

@@ -15,8 +15,9 @@ static inline SanpTensor sanp_test_tensor(int dtype, int rank, const int* dims) 
   t.rank = rank;
   size_t count = 1;
   for (int i = 0; i < rank; ++i) { t.dims[i] = dims[i]; count *= (size_t)dims[i]; }
-  t.bytes = count * 4;
-  t.data = calloc(count, 4);
+  const size_t size = dtype == SANP_INT8 ? 1 : 4;
+  t.bytes = count * size;
+  t.data = calloc(count, size);
   return t;
 }
 

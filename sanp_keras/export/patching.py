@@ -421,3 +421,118 @@ def _pack_with_aligned_buffers(model, buffer_indices, alignment=ALIGNMENT):
         packed.extend(b"\0" * (layout[index] - len(packed)))
         packed.extend(blob)
     return bytes(packed)
+
+
+INT8_CUSTOM_CODE = "SanpGatedConv2DInt8"
+QUANT_COUNT = 8  # [x, y, s, out] (scale, zero point) pairs, then the filter's scales
+
+
+def _per_tensor(tensor, what):
+    """(scale, zero point) of a per-tensor int8 quantized tensor."""
+    q = tensor.quantization
+    if (tensor.type != schema.TensorType.INT8 or q is None or q.scale is None
+            or len(q.scale) != 1):
+        raise ValueError(f"The int8 graph's {what} {tensor.name!r} is not quantized per "
+                         "tensor to int8: the int8 kernels cannot take it.")
+    return float(q.scale[0]), float(q.zeroPoint[0])
+
+
+def _int8_quant(subgraph, x, y, s, out, filt):
+    """The `quant` input of SanpGatedConv2DInt8 (tflite/sanp_gated_conv.h)."""
+    values = []
+    for tensor, what in ((x, "input"), (y, "convolution output"), (s, "gate scale"),
+                         (out, "output")):
+        values.extend(_per_tensor(tensor, what))
+    q = filt.quantization
+    c_out = int(filt.shape[0])
+    scales = np.asarray(q.scale if q is not None and q.scale is not None else [], np.float32)
+    zeros = np.asarray(q.zeroPoint if q is not None and q.zeroPoint is not None else [])
+    if (filt.type != schema.TensorType.INT8 or scales.size not in (1, c_out)
+            or np.any(zeros != 0) or (scales.size > 1 and q.quantizedDimension != 0)):
+        raise ValueError(f"The filter {filt.name!r} is not symmetric int8, per output "
+                         "channel: the int8 kernels cannot take it.")
+    return np.concatenate([np.asarray(values, np.float32),
+                           np.broadcast_to(scales, (c_out,))]).astype(np.float32)
+
+
+def int8_gated_convs_to_custom_ops(flatbuffer, expected=None):
+    """Returns an int8 TFLite model (`quantize.int8_flatbuffer` of the `kernels` graph)
+    with every CONV_2D -> MUL(QUANTIZE(scale)) fused into a SanpGatedConv2DInt8 op.
+
+    Its inputs: x (int8), the gate's float scale (1, C_out) (the QUANTIZE's input, before
+    the shape ops that make it (1, 1, 1, C_out): the kernel quantizes it as that op does), filter (int8, per-channel), bias (int32),
+    params (as SanpGatedConv2D's) and quant (float32, QUANT_COUNT + C_out: the
+    quantization of x, of the convolution's output, of the scale and of the output,
+    then the filter's scales). The gates stay builtin float ops. `expected`: as in
+    `gated_convs_to_custom_ops`.
+    """
+    model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+    subgraph = model.subgraphs[0]
+    ops = subgraph.operators
+    producer, consumers = {}, {}
+    for index, op in enumerate(ops):
+        for t in op.outputs:
+            producer[int(t)] = index
+        for t in op.inputs:
+            consumers.setdefault(int(t), []).append(index)
+    graph_outputs = {int(t) for t in subgraph.outputs}
+    replaced, removed = {}, set()
+    for m, mul in enumerate(ops):
+        if _builtin(model, mul) != schema.BuiltinOperator.MUL or len(mul.inputs) != 2:
+            continue
+        for conv_out, scale_q in (tuple(mul.inputs), tuple(mul.inputs)[::-1]):
+            c, qz = producer.get(int(conv_out)), producer.get(int(scale_q))
+            while qz is not None and _builtin(model, ops[qz]) in _SHAPE_OPS:  # (1, C) -> 4-D
+                qz = producer.get(int(ops[qz].inputs[0]))
+            if (c is None or qz is None
+                    or _builtin(model, ops[c]) != schema.BuiltinOperator.CONV_2D
+                    or _builtin(model, ops[qz]) != schema.BuiltinOperator.QUANTIZE):
+                continue
+            conv, options = ops[c], ops[c].builtinOptions
+            x_t, filter_t = subgraph.tensors[conv.inputs[0]], subgraph.tensors[conv.inputs[1]]
+            scale = int(ops[qz].inputs[0])
+            scale_t = subgraph.tensors[scale]
+            c_out = int(filter_t.shape[0])
+            if (consumers.get(int(conv_out)) != [m] or int(conv_out) in graph_outputs
+                    or x_t.type != schema.TensorType.INT8
+                    or scale_t.type != schema.TensorType.FLOAT32
+                    or list(scale_t.shape) not in ([1, c_out], [1, 1, 1, c_out])
+                    or list(subgraph.tensors[int(scale_q)].shape) != [1, 1, 1, c_out]
+                    or options.fusedActivationFunction != schema.ActivationFunctionType.NONE
+                    or options.dilationHFactor != 1 or options.dilationWFactor != 1
+                    or mul.builtinOptions.fusedActivationFunction not in _ACTIVATIONS):
+                continue
+            out_t = subgraph.tensors[mul.outputs[0]]
+            quant = _int8_quant(subgraph, x_t, subgraph.tensors[int(conv_out)],
+                                subgraph.tensors[int(scale_q)], out_t, filter_t)
+            _, height, width, _ = (int(v) for v in x_t.shape)
+            _, out_h, out_w, _ = (int(v) for v in out_t.shape)
+            kh, kw = int(filter_t.shape[1]), int(filter_t.shape[2])
+            pad_top = pad_left = 0
+            if options.padding == schema.Padding.SAME:
+                pad_top = _same_padding(height, kh, options.strideH)
+                pad_left = _same_padding(width, kw, options.strideW)
+            params = np.zeros((out_h, out_w, PARAM_COUNT), np.int32)
+            params.flat[:5] = [options.strideH, options.strideW, pad_top, pad_left,
+                               _ACTIVATIONS[mul.builtinOptions.fusedActivationFunction]]
+            bias = conv.inputs[2] if len(conv.inputs) > 2 else -1
+            if bias < 0:
+                bias = _add_constant(model, subgraph, np.zeros(c_out, np.int32),
+                                     f"sanp_bias_{m}")
+            replaced[m] = _custom_op(model, INT8_CUSTOM_CODE, [
+                conv.inputs[0], scale, conv.inputs[1], bias,
+                _add_constant(model, subgraph, params, f"sanp_params_{m}"),
+                _add_constant(model, subgraph, quant, f"sanp_quant_{m}")], mul.outputs)
+            removed.add(c)
+            break
+    if expected is not None and len(replaced) != expected:
+        raise RuntimeError(
+            f"Found {len(replaced)} CONV_2D -> MUL(QUANTIZE(scale)) triples in the int8 "
+            f"model, expected {expected} gated convolutions: the converter changed the "
+            "pattern.")
+    subgraph.operators = [replaced.get(i, op) for i, op in enumerate(ops) if i not in removed]
+    _drop_unused_ops(subgraph)  # the QUANTIZE of each scale
+    _check_order(model, subgraph)
+    constants = sorted({int(subgraph.tensors[t].buffer) for op in replaced.values()
+                        for t in op.inputs[2:6]})
+    return _pack_with_aligned_buffers(model, constants)

@@ -77,10 +77,6 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
         raise ValueError("layer_choice='measured' times each layer on calibration inputs: "
                          "pass calibration_data (images, N x H x W x C).")
     quantization.check_quantize(quantize, calibration_data)
-    if quantize is not None and kind == "kernels":
-        raise ValueError(f"export_tflite(kind='kernels', quantize={quantize!r}): the gated "
-                         "custom ops are float32 only; export kind='portable' or 'masked' "
-                         "with quantize='int8', or kind='kernels' without quantize.")
     plan = None
     if isinstance(layer_choice, dict):
         plan = layer_choice
@@ -107,6 +103,9 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
         dynamic = [layer for layer in flops.gated_layers(model)
                    if layer.mode in choice.DYNAMIC_MODES]
         gated = [layer for layer in dynamic if not (plan or {}).get(layer.name)]
+    if kind == "kernels" and quantize == "int8":
+        flatbuffer = patching.int8_gated_convs_to_custom_ops(flatbuffer, expected=len(gated))
+    elif kind == "kernels":
         # SE gates go into the kernels, also those of layers kept builtin (SanpSEGate).
         se_gates = (patching.se_gates_of(folding.fold_conv(layer) for layer in dynamic)
                     if gates_in_kernels else {})

@@ -40,9 +40,6 @@ def test_bad_arguments_are_refused_with_their_value(tmp_path):
                              calibration_data=x)
     with pytest.raises(ValueError, match="calibration_data"):
         export.export_tflite(model, str(tmp_path / "m.tflite"), "masked", quantize="int8")
-    with pytest.raises(ValueError, match="kernels"):
-        export.export_tflite(model, str(tmp_path / "m.tflite"), "kernels", quantize="int8",
-                             calibration_data=x)
     with pytest.raises(ValueError, match=r"shape \(8, 8, 3\)"):
         quantize.representative_dataset(x[0], 1)
 
@@ -121,3 +118,41 @@ def test_plain_model_int8_is_the_dense_comparison(tmp_path):
     got = export.parity.run_all(export.Interpreter(path), x[16:], 1)["output"]
     want = model.predict(x[16:], verbose=0)
     assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
+
+
+@pytest.fixture(scope="module")
+def kernels_built():
+    return export.build_kernels()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_int8_kernels_equal_the_int8_masked_model(threads, tmp_path, kernels_built):
+    """SanpGatedConv2DInt8 against the int8 masked graph it replaces: the same
+    quantization (every gated layer is a custom op, none thinned), the same bytes."""
+    model = _gated()
+    x = _images(model, n=32)
+    got = {}
+    for kind in ("masked", "kernels"):
+        path = export.export_tflite(model, str(tmp_path / f"{kind}.tflite"), kind,
+                                    calibration_data=x, quantize="int8", batch_size=1,
+                                    decisions=True)
+        runner = (export.KernelRunner(path, library=kernels_built, num_threads=threads)
+                  if kind == "kernels" else export.Interpreter(path))
+        got[kind] = export.parity.run_all(runner, x, 1)
+    ops = [op[0] for op in _ops(str(tmp_path / "kernels.tflite"))]
+    assert ops.count("SanpGatedConv2DInt8") >= 4  # export_tflite checks the exact count
+    for name, want in got["masked"].items():
+        np.testing.assert_array_equal(got["kernels"][name], want, err_msg=name)
+
+
+def test_int8_kernels_follow_the_float_model(tmp_path, kernels_built):
+    """With strides, valid padding, relu6, FIXED-K, FBS and a static gate (thinned, so
+    the int8 graph differs from the masked one): close to the float model."""
+    model = _direct_model()
+    x = _images(model, n=48)
+    path = export.export_tflite(model, str(tmp_path / "kernels.tflite"), "kernels",
+                                calibration_data=x, quantize="int8", decisions=True)
+    assert "SanpGatedConv2DInt8" in {op[0] for op in _ops(path)}
+    result = export.parity.compare(model, export.KernelRunner(path, library=kernels_built),
+                                   x[24:])
+    assert result["decisions_equal"] >= 0.95, result
