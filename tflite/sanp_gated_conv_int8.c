@@ -184,13 +184,16 @@ static void run_blocks(Work* wk, int begin, int end) {
   const Geometry* g = &wk->g;
   const int pixels = g->out_h * g->out_w;
   const int panels = (wk->k_out + LANES - 1) / LANES;
+  int oh = begin * PIX / g->out_w, ow = begin * PIX % g->out_w;  /* of pixel `first` */
   for (int b = begin; b < end; ++b) {
     const int first = b * PIX;
     const uint8_t* base[PIX];
     for (int p = 0; p < PIX; ++p) {  /* past the map: pixel `first`, results unused */
-      const int pixel = first + p < pixels ? first + p : first;
-      const int oh = pixel / g->out_w, ow = pixel % g->out_w;
-      base[p] = wk->map + ((size_t)oh * g->sh * wk->wp + (size_t)ow * g->sw) * wk->kq;
+      if (first + p < pixels)
+        base[p] = wk->map + ((size_t)oh * g->sh * wk->wp + (size_t)ow * g->sw) * wk->kq;
+      else
+        base[p] = base[0];
+      if (++ow == g->out_w) { ow = 0; ++oh; }
     }
     for (int q = 0; q < panels; ++q) {
       const int8_t* panel = wk->panels + (size_t)q * g->kh * wk->row * LANES;
@@ -235,10 +238,63 @@ static SanpStatus check_quant(const float* q, int c_out) {
   return SANP_OK;
 }
 
+typedef uint8_t v16u __attribute__((vector_size(16)));
+
+static inline v16u load16(const void* p) {
+  v16u v;
+  memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+/* dst[k] = src[k] + 128 as unsigned bytes (the sign bit flipped). */
+static void flip_copy(const int8_t* src, size_t n, uint8_t* dst) {
+  size_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    const v16u v = load16(src + k) ^ (uint8_t)0x80;
+    memcpy(dst + k, &v, sizeof(v));
+  }
+  for (; k < n; ++k) dst[k] = (uint8_t)src[k] ^ 0x80u;
+}
+
+/* differs[r] |= bits of (x[p, r] ^ zero) over a (pixels, c) map. */
+static void or_differences(const uint8_t* x, size_t pixels, int c, uint8_t zero,
+                           uint8_t* differs) {
+  int r = 0;
+  for (; r + 16 <= c; r += 16) {  /* 16 channels at a time, down the map */
+    v16u acc = {0};
+    const uint8_t* px = x + r;
+    for (size_t p = 0; p < pixels; ++p, px += c) acc |= load16(px) ^ zero;
+    memcpy(differs + r, &acc, sizeof(acc));
+  }
+  for (; r < c; ++r) {
+    uint8_t acc = 0;
+    for (size_t p = 0; p < pixels; ++p) acc |= x[p * c + r] ^ zero;
+    differs[r] = acc;
+  }
+}
+
 /* The padded unsigned map of the live inputs (step 2). */
 static void pack_map(const Geometry* g, const int8_t* xs, int x_zero, const int* live,
                      int k_in, int kq, int hp, int wp, uint8_t* map) {
   const uint8_t pad = (uint8_t)(x_zero + 128);
+  if (k_in == g->c_in && kq == k_in) {  /* rows copied whole, flipping the sign bit */
+    const size_t pixel_bytes = (size_t)kq;
+    for (int i = 0; i < hp; ++i) {
+      const int ih = i - g->pt;
+      uint8_t* dst = map + (size_t)i * wp * pixel_bytes;
+      if (ih < 0 || ih >= g->h) {
+        memset(dst, pad, (size_t)wp * pixel_bytes);
+        continue;
+      }
+      const int left = g->pl, inside = wp - left < g->w ? wp - left : g->w;
+      memset(dst, pad, (size_t)left * pixel_bytes);
+      const int8_t* src = xs + (size_t)ih * g->w * g->c_in;
+      uint8_t* row = dst + (size_t)left * pixel_bytes;
+      flip_copy(src, (size_t)inside * pixel_bytes, row);
+      memset(row + (size_t)inside * pixel_bytes, pad, (size_t)(wp - left - inside) * pixel_bytes);
+    }
+    return;
+  }
   for (int i = 0; i < hp; ++i) {
     const int ih = i - g->pt;
     for (int j = 0; j < wp; ++j) {
@@ -324,14 +380,18 @@ SanpStatus sanp_gated_conv2d_int8(const SanpTensor* x, const SanpTensor* scale,
     ++wk.k_out;
   }
   int k_in = 0;
-  if (wk.k_out > 0) {
-    const size_t map = (size_t)g->h * g->w;
-    for (int r = 0; r < g->c_in; ++r) {
-      int is_live = 0;
-      for (size_t p = 0; p < map && !is_live; ++p) is_live = xs[p * g->c_in + r] != x_zero;
-      if (is_live) live[k_in++] = r;
-    }
+  uint8_t* differs = (uint8_t*)calloc((size_t)g->c_in, 1);
+  if (differs == NULL) {
+    free(index); free(s_q); free(cb); free(cb32); free(m_conv);
+    return SANP_ERROR_MEMORY;
   }
+  if (wk.k_out > 0) {  /* one pass over the map: channel r differs from x_zero somewhere */
+    or_differences((const uint8_t*)xs, (size_t)g->h * g->w, g->c_in, (uint8_t)x_zero,
+                   differs);
+    for (int r = 0; r < g->c_in; ++r)
+      if (differs[r]) live[k_in++] = r;
+  }
+  free(differs);
   wk.kq = (k_in + 3) / 4 * 4;
   wk.row = g->kw * wk.kq;
   const int hp = (g->out_h - 1) * g->sh + g->kh, wp = (g->out_w - 1) * g->sw + g->kw;
