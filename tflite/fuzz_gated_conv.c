@@ -459,7 +459,7 @@ int main(int argc, char** argv) {
        --portable) {
     sanp_int8_force_portable(portable);
     if (!portable && strcmp(sanp_int8_isa(), "portable") == 0) {
-      printf("int8 avx512vnni: not run by this CPU, skipped\n");
+      printf("int8: no fast path on this CPU, the portable one only\n");
       break;
     }
     const int thread_counts[3] = {1, 2, 3};

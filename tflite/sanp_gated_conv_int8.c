@@ -129,16 +129,46 @@ SANP_VNNI_TARGET static void dots_vnni(const Work* wk, const uint8_t* const base
   for (int p = 0; p < PIX; ++p) acc[p] = a[p];
 }
 
-/* requantize() on 16 lanes: the same float operations, in the same order. */
-SANP_VNNI_TARGET static __m512i requantize_vnni(const Work* wk, __m512i acc, int q) {
+/* Pixels in pairs for a panel of at most 8 lanes: lanes 0-7 of register j hold pixel
+ * 2j, lanes 8-15 pixel 2j + 1, against the panel's 8 filters copied into both halves:
+ * half the vpdpbusd of dots_vnni, where half its lanes would compute nothing. */
+SANP_VNNI_TARGET static void dots_vnni_pairs(const Work* wk, const uint8_t* const base[PIX],
+                                             const int8_t* panel, __m512i acc[PIX / 2]) {
+  const Geometry* g = &wk->g;
+  __m512i a[PIX / 2];
+  for (int j = 0; j < PIX / 2; ++j) a[j] = _mm512_setzero_si512();
+  const size_t row_stride = (size_t)wk->wp * wk->kq;
+  for (int i = 0; i < g->kh; ++i) {
+    const uint8_t* x[PIX];
+    for (int p = 0; p < PIX; ++p) x[p] = base[p] + i * row_stride;
+    const int8_t* w = panel + (size_t)i * wk->row * LANES;
+    for (int k = 0; k < wk->row; k += 4) {
+      const __m512i w16 = _mm512_loadu_si512((const void*)(w + (size_t)k * LANES));
+      const __m512i wv = _mm512_shuffle_i64x2(w16, w16, 0x44);  /* lanes 0-7 twice */
+      for (int j = 0; j < PIX / 2; ++j) {
+        int32_t lo, hi;
+        memcpy(&lo, x[2 * j] + k, 4);
+        memcpy(&hi, x[2 * j + 1] + k, 4);
+        const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(lo)),
+                                             _mm256_set1_epi32(hi), 1);
+        a[j] = _mm512_dpbusd_epi32(a[j], v, wv);
+      }
+    }
+  }
+  for (int j = 0; j < PIX / 2; ++j) acc[j] = a[j];
+}
+
+/* requantize() on 16 lanes with their constants (cb, m_conv, s_q): the same float
+ * operations, in the same order. */
+SANP_VNNI_TARGET static __m512i requantize_vnni(const Work* wk, __m512i acc, __m512i cb,
+                                                __m512 m_conv, __m512i s_q) {
   const __m512 lo = _mm512_set1_ps(-1e9f), hi = _mm512_set1_ps(1e9f);
-  const __m512i a = _mm512_add_epi32(acc, _mm512_loadu_si512((const void*)(wk->cb32 + q * LANES)));
-  __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_loadu_ps(wk->m_conv + q * LANES));
+  const __m512i a = _mm512_add_epi32(acc, cb);
+  __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(a), m_conv);
   f = _mm512_min_ps(_mm512_max_ps(f, lo), hi);
   __m512i y = _mm512_add_epi32(_mm512_cvtps_epi32(f), _mm512_set1_epi32(wk->y_zero));
   y = _mm512_min_epi32(_mm512_max_epi32(y, _mm512_set1_epi32(-128)), _mm512_set1_epi32(127));
-  const __m512i t = _mm512_mullo_epi32(_mm512_sub_epi32(y, _mm512_set1_epi32(wk->y_zero)),
-                                       _mm512_loadu_si512((const void*)(wk->s_q + q * LANES)));
+  const __m512i t = _mm512_mullo_epi32(_mm512_sub_epi32(y, _mm512_set1_epi32(wk->y_zero)), s_q);
   f = _mm512_mul_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(wk->m_mul));
   f = _mm512_min_ps(_mm512_max_ps(f, lo), hi);
   __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(f), _mm512_set1_epi32(wk->out_zero));
@@ -150,11 +180,28 @@ SANP_VNNI_TARGET static __m512i requantize_vnni(const Work* wk, __m512i acc, int
 SANP_VNNI_TARGET static void panel_vnni(const Work* wk, const uint8_t* const base[PIX],
                                         const int8_t* panel, int q, int lanes,
                                         int32_t out[PIX][LANES]) {
+  __m512i cb = _mm512_loadu_si512((const void*)(wk->cb32 + q * LANES));
+  __m512 m_conv = _mm512_loadu_ps(wk->m_conv + q * LANES);
+  __m512i s_q = _mm512_loadu_si512((const void*)(wk->s_q + q * LANES));
+  if (lanes <= LANES / 2 && wk->exact32) {
+    __m512i acc[PIX / 2];
+    dots_vnni_pairs(wk, base, panel, acc);
+    cb = _mm512_shuffle_i64x2(cb, cb, 0x44);
+    m_conv = _mm512_shuffle_f32x4(m_conv, m_conv, 0x44);
+    s_q = _mm512_shuffle_i64x2(s_q, s_q, 0x44);
+    for (int j = 0; j < PIX / 2; ++j) {
+      int32_t both[LANES];
+      _mm512_storeu_si512((void*)both, requantize_vnni(wk, acc[j], cb, m_conv, s_q));
+      memcpy(out[2 * j], both, sizeof(int32_t) * LANES / 2);
+      memcpy(out[2 * j + 1], both + LANES / 2, sizeof(int32_t) * LANES / 2);
+    }
+    return;
+  }
   __m512i acc[PIX];
   dots_vnni(wk, base, panel, acc);
   for (int p = 0; p < PIX; ++p) {
     if (wk->exact32) {
-      _mm512_storeu_si512((void*)out[p], requantize_vnni(wk, acc[p], q));
+      _mm512_storeu_si512((void*)out[p], requantize_vnni(wk, acc[p], cb, m_conv, s_q));
       continue;
     }
     int32_t a[LANES];
