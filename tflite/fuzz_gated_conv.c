@@ -314,7 +314,9 @@ static void int8_case(int iteration) {
   const int kh = 2 * range(0, 2) + 1, kw = kh, sh = range(1, 2), sw = sh;
   const int same = range(0, 1);
   const int h = range(kh, 14), wd = range(kw, 14);
-  const int c_in = range(0, 2) == 0 ? 4 * range(1, 12) : range(1, 40);
+  /* whole 4-byte groups; any count; past the 64 channels of one vpermb */
+  const int pick = range(0, 5);
+  const int c_in = pick <= 1 ? 4 * range(1, 12) : pick == 5 ? range(65, 80) : range(1, 40);
   const int c_out = range(1, 40), act = range(0, 2);
   int oh, ow, pt = 0, pl = 0;
   if (same) {

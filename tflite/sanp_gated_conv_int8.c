@@ -9,7 +9,10 @@
  *      = k_in rounded up to 4 bytes a pixel (the extra bytes meet zero weights), so
  *      that the window of kernel row i of an output pixel is kw * kq consecutive bytes;
  *   3. the open filters are packed into panels of 16 channels, per kernel row
- *      [kw * kq / 4][16 channels][4 bytes]: the operand of VNNI's vpdpbusd;
+ *      [kw * kq / 4][16 channels][4 bytes]: the operand of VNNI's vpdpbusd (where
+ *      the CPU has AVX-512 VBMI and C_in <= 64, the live channels of each map pixel
+ *      and filter tap are gathered by one vpermb, which in a pruned network, whose
+ *      inputs are partly dead, cost more than the dot products when done bytewise);
  *   4. for each block of 4 output pixels and each panel, vpdpbusd adds 4 products
  *      (u8 x s8) per lane, one 32-bit broadcast of a pixel's window bytes against 16
  *      channels at a time, reading the map in place; the portable path does the same
@@ -74,6 +77,17 @@ static int cpu_has_vnni(void) {
     known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
   }
+  return known;
+#else
+  return 0;
+#endif
+}
+
+/* AVX-512 VBMI (vpermb): the live channels of a pixel or a tap gathered in one shuffle. */
+static int cpu_has_vbmi(void) {
+#ifdef SANP_INT8_VNNI
+  static int known = -1;
+  if (known < 0) known = cpu_has_vnni() && __builtin_cpu_supports("avx512vbmi");
   return known;
 #else
   return 0;
@@ -321,9 +335,31 @@ static void or_differences(const uint8_t* x, size_t pixels, int c, uint8_t zero,
   }
 }
 
+#ifdef SANP_INT8_VNNI
+#define SANP_VBMI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi")))
+
+/* dst[0 .. kq) = src[index[r]] for r < k_in (xor `flip`), then zeros; c_in, kq <= 64.
+ * Returns the sum of the gathered values as signed bytes. */
+SANP_VBMI_TARGET static int gather64(const int8_t* src, int c_in, const uint8_t* index,
+                                     int k_in, int kq, uint8_t flip, uint8_t* dst) {
+  const __mmask64 in = c_in == 64 ? ~0ULL : (1ULL << c_in) - 1;
+  const __mmask64 live = k_in == 64 ? ~0ULL : (1ULL << k_in) - 1;
+  const __mmask64 out = kq == 64 ? ~0ULL : (1ULL << kq) - 1;
+  const __m512i x = _mm512_maskz_loadu_epi8(in, src);
+  const __m512i idx = _mm512_loadu_si512((const void*)index);
+  const __m512i g = _mm512_maskz_permutexvar_epi8(live, idx, x);
+  _mm512_mask_storeu_epi8(dst, out, _mm512_xor_si512(g, _mm512_maskz_set1_epi8(live, (char)flip)));
+  /* signed sum: (v + 128) summed as unsigned bytes, less 128 per value */
+  const __m512i u = _mm512_maskz_xor_epi32(~0, g, _mm512_set1_epi8((char)0x80));
+  const __m512i sums = _mm512_sad_epu8(_mm512_maskz_mov_epi8(live, u), _mm512_setzero_si512());
+  return (int)_mm512_reduce_add_epi64(sums) - 128 * k_in;
+}
+#endif
+
 /* The padded unsigned map of the live inputs (step 2). */
 static void pack_map(const Geometry* g, const int8_t* xs, int x_zero, const int* live,
-                     int k_in, int kq, int hp, int wp, uint8_t* map) {
+                     const uint8_t* index64, int k_in, int kq, int hp, int wp,
+                     uint8_t* map) {
   const uint8_t pad = (uint8_t)(x_zero + 128);
   if (k_in == g->c_in && kq == k_in) {  /* rows copied whole, flipping the sign bit */
     const size_t pixel_bytes = (size_t)kq;
@@ -354,6 +390,11 @@ static void pack_map(const Geometry* g, const int8_t* xs, int x_zero, const int*
         const int8_t* src = xs + ((size_t)ih * g->w + iw) * g->c_in;
         if (k_in == g->c_in) {
           for (int r = 0; r < k_in; ++r) dst[r] = (uint8_t)(src[r] ^ (int8_t)0x80);
+#ifdef SANP_INT8_VNNI
+        } else if (index64 != NULL) {
+          gather64(src, g->c_in, index64, k_in, kq, 0x80, dst);
+          continue;
+#endif
         } else {
           for (int r = 0; r < k_in; ++r) dst[r] = (uint8_t)(src[live[r]] + 128);
         }
@@ -451,8 +492,20 @@ SanpStatus sanp_gated_conv2d_int8(const SanpTensor* x, const SanpTensor* scale,
     free(map); free(packed); free(index); free(s_q); free(cb); free(cb32); free(m_conv);
     return wk.k_out == 0 ? SANP_OK : SANP_ERROR_MEMORY;
   }
-  pack_map(g, xs, x_zero, live, k_in, wk.kq, hp, wp, map);
+  /* With VBMI and at most 64 input channels, live channels are gathered by vpermb. */
+  uint8_t index64[64] = {0};
+  const int vbmi = !use_portable && cpu_has_vbmi() && g->c_in <= 64;
+  for (int r = 0; vbmi && r < k_in; ++r) index64[r] = (uint8_t)live[r];
+  pack_map(g, xs, x_zero, live, vbmi ? index64 : NULL, k_in, wk.kq, hp, wp, map);
   const int8_t* ws = (const int8_t*)filter->data;
+  int8_t gathered_bytes[256];  /* a tap's live weights, zero-padded to kq */
+  int8_t* gathered = wk.kq <= (int)sizeof(gathered_bytes) ? gathered_bytes
+                                                          : (int8_t*)malloc((size_t)wk.kq);
+  if (gathered == NULL) {
+    free(map); free(packed); free(index); free(s_q); free(cb); free(cb32); free(m_conv);
+    return SANP_ERROR_MEMORY;
+  }
+  memset(gathered, 0, (size_t)wk.kq);
   wk.exact32 = 1;
   for (int o = 0; o < wk.k_out; ++o) {
     const int8_t* w = ws + (size_t)out_idx[o] * g->kh * g->kw * g->c_in;
@@ -466,19 +519,28 @@ SanpStatus sanp_gated_conv2d_int8(const SanpTensor* x, const SanpTensor* scale,
           memcpy(dst + ((size_t)i * wk.row + k) * LANES, src, 4);
           sum += src[0] + src[1] + src[2] + src[3];
         }
-    } else
-    for (int i = 0; i < g->kh; ++i)
-      for (int j = 0; j < g->kw; ++j)
-        for (int r = 0; r < k_in; ++r) {
-          const int k = j * wk.kq + r;  /* within kernel row i's window */
-          const int8_t v = w[((size_t)i * g->kw + j) * g->c_in + live[r]];
-          panel[((size_t)i * wk.row + (size_t)(k / 4) * 4) * LANES + (o % LANES) * 4 + k % 4] = v;
-          sum += v;
+    } else {  /* a tap's live weights gathered, then copied in 4-byte groups */
+      for (int i = 0; i < g->kh; ++i)
+        for (int j = 0; j < g->kw; ++j) {
+          const int8_t* src = w + ((size_t)i * g->kw + j) * g->c_in;
+          int8_t* dst = panel + ((size_t)i * wk.row + (size_t)j * wk.kq) * LANES + (o % LANES) * 4;
+#ifdef SANP_INT8_VNNI
+          if (vbmi) {
+            sum += gather64(src, g->c_in, index64, k_in, wk.kq, 0, (uint8_t*)gathered);
+          } else
+#endif
+          for (int r = 0; r < k_in; ++r) {
+            gathered[r] = src[live[r]];
+            sum += gathered[r];
+          }
+          for (int k = 0; k < wk.kq; k += 4) memcpy(dst + (size_t)k * LANES, gathered + k, 4);
         }
+    }
     cb[o] = (long long)bs[out_idx[o]] - (long long)(128 + x_zero) * sum;
     if (cb[o] < -(1LL << 30) || cb[o] > (1LL << 30)) wk.exact32 = 0;
     else cb32[o] = (int32_t)cb[o];
   }
+  if (gathered != gathered_bytes) free(gathered);
   wk.map = map; wk.out_idx = out_idx; wk.panels = packed;
   wk.cb = cb; wk.cb32 = cb32; wk.s_q = s_q; wk.m_conv = m_conv;
   wk.vnni = !use_portable && cpu_has_vnni();
