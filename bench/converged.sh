@@ -8,8 +8,9 @@
 #   nice bash bench/converged.sh            # everything, in the order below
 #   nice bash bench/converged.sh sanp_0.33  # one run (dense, sanp_0.5, fixed_k_0.5...)
 #
-# Logs: runs/converged/<run>.log. After each run, snapshot what a later step needs and
-# commit it (the dense backbone as sanp_keras/pretrained/resnet20_cifar10 by its run).
+# Logs: runs/converged/<run>.log. After each run, commit what a later step needs:
+# checkpoints/converged/<run>/{model.keras,report.json} (restored from there on a fresh
+# machine), and the shipped models its --save_pretrained wrote to sanp_keras/pretrained/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checkout, whatever is installed
@@ -44,6 +45,15 @@ for run in "${selected[@]}"; do
     exit 2
   fi
   dir="$out/$run"
+  # A finished run committed under checkpoints/converged/<run>/ (its model.keras and
+  # report.json, see checkpoints/README.md) is restored rather than run again.
+  saved="checkpoints/converged/$run"
+  if [ ! -e "$dir/report/report.json" ] && [ -e "$saved/report.json" ]; then
+    mkdir -p "$dir/report"
+    cp "$saved/model.keras" "$dir/model.keras"
+    cp "$saved/report.json" "$dir/report/report.json"
+    echo "[$run] restored from $saved"
+  fi
   if [ -e "$dir/report/report.json" ]; then
     echo "[$run] done: $dir/report/report.json"
     continue

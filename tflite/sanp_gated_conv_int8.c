@@ -360,6 +360,7 @@ SANP_VBMI_TARGET static int gather64(const int8_t* src, int c_in, const uint8_t*
 static void pack_map(const Geometry* g, const int8_t* xs, int x_zero, const int* live,
                      const uint8_t* index64, int k_in, int kq, int hp, int wp,
                      uint8_t* map) {
+  (void)index64;  /* used on the VNNI path only */
   const uint8_t pad = (uint8_t)(x_zero + 128);
   if (k_in == g->c_in && kq == k_in) {  /* rows copied whole, flipping the sign bit */
     const size_t pixel_bytes = (size_t)kq;
