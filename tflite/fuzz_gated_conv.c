@@ -46,6 +46,19 @@ static float reference(const float* x, const float* w, int h, int wd, int c_in, 
   return (float)acc;
 }
 
+/* Output size and SAME / VALID padding of a convolution, as TFLite computes them. */
+static void output_geometry(int h, int wd, int kh, int kw, int sh, int sw, int same,
+                            int* oh, int* ow, int* pt, int* pl) {
+  *pt = *pl = 0;
+  if (same) {
+    *oh = (h + sh - 1) / sh; *ow = (wd + sw - 1) / sw;
+    const int th = (*oh - 1) * sh + kh - h, tw = (*ow - 1) * sw + kw - wd;
+    *pt = (th > 0 ? th : 0) / 2; *pl = (tw > 0 ? tw : 0) / 2;
+  } else {
+    *oh = (h - kh) / sh + 1; *ow = (wd - kw) / sw + 1;
+  }
+}
+
 static int failures = 0;
 #define EXPECT(cond, ...)                       \
   do {                                          \
@@ -206,14 +219,8 @@ static void one_case(int iteration) {
   const int h = range(kh, 20), wd = range(kw, 20);  /* rows of >= 8 outputs: planar path */
   const int c_in = range(0, 2) == 0 ? 8 * range(1, 9) : range(1, 40);  /* whole vectors */
   const int c_out = range(1, 40), act = range(0, 2);
-  int oh, ow, pt = 0, pl = 0;
-  if (same) {
-    oh = (h + sh - 1) / sh; ow = (wd + sw - 1) / sw;
-    int th = (oh - 1) * sh + kh - h, tw = (ow - 1) * sw + kw - wd;
-    pt = (th > 0 ? th : 0) / 2; pl = (tw > 0 ? tw : 0) / 2;
-  } else {
-    oh = (h - kh) / sh + 1; ow = (wd - kw) / sw + 1;
-  }
+  int oh, ow, pt, pl;
+  output_geometry(h, wd, kh, kw, sh, sw, same, &oh, &ow, &pt, &pl);
   const int xd[4] = {1, h, wd, c_in}, sd[4] = {1, 1, 1, c_out}, fd[4] = {c_out, kh, kw, c_in};
   const int bd[1] = {c_out}, pd[3] = {oh, ow, SANP_PARAM_COUNT}, od[4] = {1, oh, ow, c_out};
   SanpTensor x = sanp_test_tensor(SANP_FLOAT32, 4, xd);
@@ -318,14 +325,8 @@ static void int8_case(int iteration) {
   const int pick = range(0, 5);
   const int c_in = pick <= 1 ? 4 * range(1, 12) : pick == 5 ? range(65, 80) : range(1, 40);
   const int c_out = range(1, 40), act = range(0, 2);
-  int oh, ow, pt = 0, pl = 0;
-  if (same) {
-    oh = (h + sh - 1) / sh; ow = (wd + sw - 1) / sw;
-    const int th = (oh - 1) * sh + kh - h, tw = (ow - 1) * sw + kw - wd;
-    pt = (th > 0 ? th : 0) / 2; pl = (tw > 0 ? tw : 0) / 2;
-  } else {
-    oh = (h - kh) / sh + 1; ow = (wd - kw) / sw + 1;
-  }
+  int oh, ow, pt, pl;
+  output_geometry(h, wd, kh, kw, sh, sw, same, &oh, &ow, &pt, &pl);
   const int xd[4] = {1, h, wd, c_in}, sd[4] = {1, 1, 1, c_out}, fd[4] = {c_out, kh, kw, c_in};
   const int bd[1] = {c_out}, pd[3] = {oh, ow, SANP_PARAM_COUNT}, od[4] = {1, oh, ow, c_out};
   const int qd[1] = {SANP_INT8_QUANT + c_out};

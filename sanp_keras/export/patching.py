@@ -274,6 +274,40 @@ def _drop_unread_decisions(model, subgraph):
             op.outputs = np.asarray(op.outputs[:1], np.int32)
 
 
+def _graph_index(ops):
+    """(producer, consumers): the operator making each tensor, those reading it."""
+    producer, consumers = {}, {}
+    for index, op in enumerate(ops):
+        for t in op.outputs:
+            producer[int(t)] = index
+        for t in op.inputs:
+            consumers.setdefault(int(t), []).append(index)
+    return producer, consumers
+
+
+def _conv_constants(model, subgraph, conv, mul, out_t, m, bias_dtype):
+    """(bias, params) tensor indices of the custom op replacing CONV_2D `conv` and the
+    MUL `mul` after it: the convolution's bias (zeros of `bias_dtype` where it has
+    none) and the params constant (stride, padding, the MUL's activation)."""
+    options = conv.builtinOptions
+    x_t, filter_t = subgraph.tensors[conv.inputs[0]], subgraph.tensors[conv.inputs[1]]
+    _, height, width, _ = (int(v) for v in x_t.shape)
+    _, out_h, out_w, _ = (int(v) for v in out_t.shape)
+    kh, kw = int(filter_t.shape[1]), int(filter_t.shape[2])
+    pad_top = pad_left = 0
+    if options.padding == schema.Padding.SAME:
+        pad_top = _same_padding(height, kh, options.strideH)
+        pad_left = _same_padding(width, kw, options.strideW)
+    params = np.zeros((out_h, out_w, PARAM_COUNT), np.int32)
+    params.flat[:5] = [options.strideH, options.strideW, pad_top, pad_left,
+                       _ACTIVATIONS[mul.builtinOptions.fusedActivationFunction]]
+    bias = conv.inputs[2] if len(conv.inputs) > 2 else -1
+    if bias < 0:
+        bias = _add_constant(model, subgraph, np.zeros(int(filter_t.shape[0]), bias_dtype),
+                             f"sanp_bias_{m}")
+    return bias, _add_constant(model, subgraph, params, f"sanp_params_{m}")
+
+
 def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
     """Returns `flatbuffer` with every CONV_2D -> MUL(scale) pair fused into a custom op.
 
@@ -289,12 +323,7 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
     model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
     subgraph = model.subgraphs[0]
     ops = subgraph.operators
-    producer, consumers = {}, {}
-    for index, op in enumerate(ops):
-        for t in op.outputs:
-            producer[int(t)] = index
-        for t in op.inputs:
-            consumers.setdefault(int(t), []).append(index)
+    producer, consumers = _graph_index(ops)
     graph_outputs = {int(t) for t in subgraph.outputs}
     replaced, removed, rewired, inserted = {}, set(), {}, {}
     for m, mul in enumerate(ops):
@@ -327,22 +356,8 @@ def gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
                     or mul.builtinOptions.fusedActivationFunction not in _ACTIVATIONS):
                 continue
             out_t = subgraph.tensors[mul.outputs[0]]
-            _, height, width, _ = (int(v) for v in x_t.shape)
-            _, out_h, out_w, _ = (int(v) for v in out_t.shape)
-            kh, kw = int(filter_t.shape[1]), int(filter_t.shape[2])
-            pad_top = pad_left = 0
-            if options.padding == schema.Padding.SAME:
-                pad_top = _same_padding(height, kh, options.strideH)
-                pad_left = _same_padding(width, kw, options.strideW)
-            params = np.zeros((out_h, out_w, PARAM_COUNT), np.int32)
-            params.flat[:5] = [options.strideH, options.strideW, pad_top, pad_left,
-                               _ACTIVATIONS[mul.builtinOptions.fusedActivationFunction]]
-            bias = conv.inputs[2] if len(conv.inputs) > 2 else -1
-            if bias < 0:
-                bias = _add_constant(model, subgraph, np.zeros(c_out, np.float32),
-                                     f"sanp_bias_{m}")
-            inputs = [conv.inputs[0], int(scale), conv.inputs[1], bias,
-                      _add_constant(model, subgraph, params, f"sanp_params_{m}")]
+            bias, params = _conv_constants(model, subgraph, conv, mul, out_t, m, np.float32)
+            inputs = [conv.inputs[0], int(scale), conv.inputs[1], bias, params]
             decisions = _gate_decisions(model, ops, producer, int(scale))
             if gate is not None and decisions is not None:  # the gate in the kernel
                 table = se_gate_tensor(gate)
@@ -460,21 +475,16 @@ def int8_gated_convs_to_custom_ops(flatbuffer, expected=None):
     with every CONV_2D -> MUL(QUANTIZE(scale)) fused into a SanpGatedConv2DInt8 op.
 
     Its inputs: x (int8), the gate's float scale (1, C_out) (the QUANTIZE's input, before
-    the shape ops that make it (1, 1, 1, C_out): the kernel quantizes it as that op does), filter (int8, per-channel), bias (int32),
-    params (as SanpGatedConv2D's) and quant (float32, QUANT_COUNT + C_out: the
-    quantization of x, of the convolution's output, of the scale and of the output,
-    then the filter's scales). The gates stay builtin float ops. `expected`: as in
+    the shape ops that make it (1, 1, 1, C_out): the kernel quantizes it as that op
+    does), filter (int8, per-channel), bias (int32), params (as SanpGatedConv2D's) and
+    quant (float32, QUANT_COUNT + C_out: the quantization of x, of the convolution's
+    output, of the scale and of the output, then the filter's scales). The gates stay builtin float ops. `expected`: as in
     `gated_convs_to_custom_ops`.
     """
     model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
     subgraph = model.subgraphs[0]
     ops = subgraph.operators
-    producer, consumers = {}, {}
-    for index, op in enumerate(ops):
-        for t in op.outputs:
-            producer[int(t)] = index
-        for t in op.inputs:
-            consumers.setdefault(int(t), []).append(index)
+    producer, consumers = _graph_index(ops)
     graph_outputs = {int(t) for t in subgraph.outputs}
     replaced, removed = {}, set()
     for m, mul in enumerate(ops):
@@ -505,23 +515,9 @@ def int8_gated_convs_to_custom_ops(flatbuffer, expected=None):
             out_t = subgraph.tensors[mul.outputs[0]]
             quant = _int8_quant(subgraph, x_t, subgraph.tensors[int(conv_out)],
                                 subgraph.tensors[int(scale_q)], out_t, filter_t)
-            _, height, width, _ = (int(v) for v in x_t.shape)
-            _, out_h, out_w, _ = (int(v) for v in out_t.shape)
-            kh, kw = int(filter_t.shape[1]), int(filter_t.shape[2])
-            pad_top = pad_left = 0
-            if options.padding == schema.Padding.SAME:
-                pad_top = _same_padding(height, kh, options.strideH)
-                pad_left = _same_padding(width, kw, options.strideW)
-            params = np.zeros((out_h, out_w, PARAM_COUNT), np.int32)
-            params.flat[:5] = [options.strideH, options.strideW, pad_top, pad_left,
-                               _ACTIVATIONS[mul.builtinOptions.fusedActivationFunction]]
-            bias = conv.inputs[2] if len(conv.inputs) > 2 else -1
-            if bias < 0:
-                bias = _add_constant(model, subgraph, np.zeros(c_out, np.int32),
-                                     f"sanp_bias_{m}")
+            bias, params = _conv_constants(model, subgraph, conv, mul, out_t, m, np.int32)
             replaced[m] = _custom_op(model, INT8_CUSTOM_CODE, [
-                conv.inputs[0], scale, conv.inputs[1], bias,
-                _add_constant(model, subgraph, params, f"sanp_params_{m}"),
+                conv.inputs[0], scale, conv.inputs[1], bias, params,
                 _add_constant(model, subgraph, quant, f"sanp_quant_{m}")], mul.outputs)
             removed.add(c)
             break
