@@ -57,9 +57,8 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
             custom ops (SanpSEGatedConv2D, SanpSEGate) rather than by ~12 builtin ops;
             False keeps the builtin gates (to measure what moving them saves).
         quantize: None (float32) or `"int8"`: post-training full-integer quantization
-            (int8 activations, per-channel int8 weights,
-            int32 biases; float32 input and outputs), its ranges calibrated on
-            `calibration_data` (required). Each gate stays float32 inside the int8
+            (int8 activations, per-channel int8 weights, int32 biases; float32 input
+            and outputs), its ranges calibrated on `calibration_data` (required). Each gate stays float32 inside the int8
             graph, so that its decisions follow the float model's as closely as the
             int8 feature maps allow (`sanp_keras.export.quantize`). `kernels` runs
             each gated convolution as a `SanpGatedConv2DInt8` custom op (the int8
