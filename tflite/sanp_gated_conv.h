@@ -91,15 +91,15 @@ SanpStatus sanp_se_gate(const SanpTensor* x, const SanpTensor* gate, SanpTensor*
  * filter (C_out, kh, kw, C_in) int8, bias (C_out) int32, params as above, quant (8 +
  * C_out) f32 = [x_scale, x_zero, y_scale, y_zero, s_scale, s_zero, out_scale,
  * out_zero, w_scale[0 .. C_out - 1]]; out (1, H_out, W_out, C_out) int8. The dot
- * products use AVX-512 VNNI where the CPU has it (chosen at run time), else portable
- * C; `sanp_int8_isa` names the one in use. */
+ * products use AVX-512 VNNI (x86-64) or SDOT (arm64) where the CPU has them (chosen
+ * at run time), else portable C; `sanp_int8_isa` names the one in use. */
 enum { SANP_INT8_QUANT = 8 };
 SanpStatus sanp_gated_conv2d_int8(const SanpTensor* x, const SanpTensor* scale,
                                   const SanpTensor* filter, const SanpTensor* bias,
                                   const SanpTensor* params, const SanpTensor* quant,
                                   SanpTensor* out);
 const char* sanp_int8_isa(void);
-/* 0: VNNI where the CPU has it (the default), 1: the portable path (tests). */
+/* 0: the fast path where the CPU has it (the default), 1: the portable path (tests). */
 void sanp_int8_force_portable(int portable);
 
 /* Output shape from the input shapes alone: rank-4 dims into out_dims. */

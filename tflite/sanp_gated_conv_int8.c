@@ -26,9 +26,11 @@
  * writes its own pixels.
  *
  * Compiled once: the VNNI functions carry their own target attribute and run only
- * where the CPU reports AVX-512 F, BW, VL and VNNI (checked at first use). Elsewhere,
- * arm64 included, the portable C path runs (Arm's dot-product instructions are not
- * used yet).
+ * where the CPU reports AVX-512 F, BW, VL and VNNI (checked at first use). On arm64
+ * Linux / Android, where the CPU reports the dot-product instructions (HWCAP_ASIMDDP),
+ * the dot products are SDOT's (sanp_int8_dot_arm.c, the one file built with +dotprod),
+ * on a map holding x itself (signed) and corrected by x_zero * sum(w). Elsewhere the
+ * portable C path runs.
  */
 #include "sanp_gated_conv.h"
 #include "sanp_geometry.h"
@@ -40,6 +42,13 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define SANP_INT8_VNNI 1
+#endif
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#define SANP_INT8_SDOT 1
+/* sanp_int8_dot_arm.c, compiled with +dotprod */
+void sanp_int8_dots_sdot(const uint8_t* const base[8], size_t row_stride, int kh, int row,
+                         const int8_t* panel, int32_t acc[8][16]);
 #endif
 
 enum { LANES = 16, PIX = 8, MAX_K = 1 << 15, INT8_PARALLEL_FACTOR = 8 };
@@ -58,6 +67,7 @@ typedef struct {
   const int32_t* s_q;   /* per lane: quantized scale - s_zero */
   int exact32;          /* every cb small enough for int32 sums on the VNNI path */
   int y_zero, out_zero, lo, hi;
+  int sdot;             /* Arm SDOT path: the map holds x itself (flip 0), else x + 128 */
   float m_mul;          /* y_scale * s_scale / out_scale */
   int blocks;           /* pixel blocks of PIX */
   int chunk;            /* blocks per task */
@@ -94,8 +104,18 @@ static int cpu_has_vbmi(void) {
 #endif
 }
 
+/* Armv8.2 FEAT_DotProd (HWCAP_ASIMDDP, bit 20 of AT_HWCAP on Linux and Android). */
+static int cpu_has_sdot(void) {
+#ifdef SANP_INT8_SDOT
+  return (getauxval(AT_HWCAP) & (1UL << 20)) != 0;
+#else
+  return 0;
+#endif
+}
+
 const char* sanp_int8_isa(void) {
-  return !use_portable && cpu_has_vnni() ? "avx512vnni" : "portable";
+  if (use_portable) return "portable";
+  return cpu_has_vnni() ? "avx512vnni" : cpu_has_sdot() ? "neon-dotprod" : "portable";
 }
 
 static inline int clamp_int(long v, int lo, int hi) {
@@ -267,7 +287,12 @@ static void run_blocks(Work* wk, int begin, int end) {
 #endif
       {
         int32_t acc[PIX][LANES];
-        dots_portable(wk, base, panel, acc);
+#ifdef SANP_INT8_SDOT
+        if (wk->sdot)
+          sanp_int8_dots_sdot(base, (size_t)wk->wp * wk->kq, g->kh, wk->row, panel, acc);
+        else
+#endif
+          dots_portable(wk, base, panel, acc);
         for (int p = 0; p < PIX; ++p)
           for (int l = 0; l < lanes; ++l)
             out[p][l] = requantize(wk, (long)(acc[p][l] + wk->cb[q * LANES + l]), q * LANES + l);
@@ -308,14 +333,14 @@ static inline v16u load16(const void* p) {
   return v;
 }
 
-/* dst[k] = src[k] + 128 as unsigned bytes (the sign bit flipped). */
-static void flip_copy(const int8_t* src, size_t n, uint8_t* dst) {
+/* dst[k] = src[k] ^ flip: x + 128 as unsigned bytes (flip 0x80), or x (flip 0). */
+static void flip_copy(const int8_t* src, size_t n, uint8_t flip, uint8_t* dst) {
   size_t k = 0;
   for (; k + 16 <= n; k += 16) {
-    const v16u v = load16(src + k) ^ (uint8_t)0x80;
+    const v16u v = load16(src + k) ^ flip;
     memcpy(dst + k, &v, sizeof(v));
   }
-  for (; k < n; ++k) dst[k] = (uint8_t)src[k] ^ 0x80u;
+  for (; k < n; ++k) dst[k] = (uint8_t)src[k] ^ flip;
 }
 
 /* differs[r] |= bits of (x[p, r] ^ zero) over a (pixels, c) map. */
@@ -357,11 +382,11 @@ SANP_VBMI_TARGET static int gather64(const int8_t* src, int c_in, const uint8_t*
 #endif
 
 /* The padded unsigned map of the live inputs (step 2). */
-static void pack_map(const Geometry* g, const int8_t* xs, int x_zero, const int* live,
-                     const uint8_t* index64, int k_in, int kq, int hp, int wp,
-                     uint8_t* map) {
+static void pack_map(const Geometry* g, const int8_t* xs, int x_zero, uint8_t flip,
+                     const int* live, const uint8_t* index64, int k_in, int kq, int hp,
+                     int wp, uint8_t* map) {
   (void)index64;  /* used on the VNNI path only */
-  const uint8_t pad = (uint8_t)(x_zero + 128);
+  const uint8_t pad = (uint8_t)(int8_t)x_zero ^ flip;
   if (k_in == g->c_in && kq == k_in) {  /* rows copied whole, flipping the sign bit */
     const size_t pixel_bytes = (size_t)kq;
     for (int i = 0; i < hp; ++i) {
@@ -375,7 +400,7 @@ static void pack_map(const Geometry* g, const int8_t* xs, int x_zero, const int*
       memset(dst, pad, (size_t)left * pixel_bytes);
       const int8_t* src = xs + (size_t)ih * g->w * g->c_in;
       uint8_t* row = dst + (size_t)left * pixel_bytes;
-      flip_copy(src, (size_t)inside * pixel_bytes, row);
+      flip_copy(src, (size_t)inside * pixel_bytes, flip, row);
       memset(row + (size_t)inside * pixel_bytes, pad, (size_t)(wp - left - inside) * pixel_bytes);
     }
     return;
@@ -390,14 +415,14 @@ static void pack_map(const Geometry* g, const int8_t* xs, int x_zero, const int*
       } else {
         const int8_t* src = xs + ((size_t)ih * g->w + iw) * g->c_in;
         if (k_in == g->c_in) {
-          for (int r = 0; r < k_in; ++r) dst[r] = (uint8_t)(src[r] ^ (int8_t)0x80);
+          for (int r = 0; r < k_in; ++r) dst[r] = (uint8_t)src[r] ^ flip;
 #ifdef SANP_INT8_VNNI
         } else if (index64 != NULL) {
-          gather64(src, g->c_in, index64, k_in, kq, 0x80, dst);
+          gather64(src, g->c_in, index64, k_in, kq, flip, dst);
           continue;
 #endif
         } else {
-          for (int r = 0; r < k_in; ++r) dst[r] = (uint8_t)(src[live[r]] + 128);
+          for (int r = 0; r < k_in; ++r) dst[r] = (uint8_t)src[live[r]] ^ flip;
         }
       }
       memset(dst + k_in, 0, (size_t)(kq - k_in));
@@ -497,7 +522,9 @@ SanpStatus sanp_gated_conv2d_int8(const SanpTensor* x, const SanpTensor* scale,
   uint8_t index64[64] = {0};
   const int vbmi = !use_portable && cpu_has_vbmi() && g->c_in <= 64;
   for (int r = 0; vbmi && r < k_in; ++r) index64[r] = (uint8_t)live[r];
-  pack_map(g, xs, x_zero, live, vbmi ? index64 : NULL, k_in, wk.kq, hp, wp, map);
+  wk.sdot = !use_portable && cpu_has_sdot();
+  const uint8_t flip = wk.sdot ? 0 : 0x80;
+  pack_map(g, xs, x_zero, flip, live, vbmi ? index64 : NULL, k_in, wk.kq, hp, wp, map);
   const int8_t* ws = (const int8_t*)filter->data;
   int8_t gathered_bytes[256];  /* a tap's live weights, zero-padded to kq */
   int8_t* gathered = wk.kq <= (int)sizeof(gathered_bytes) ? gathered_bytes
@@ -537,7 +564,7 @@ SanpStatus sanp_gated_conv2d_int8(const SanpTensor* x, const SanpTensor* scale,
           for (int k = 0; k < wk.kq; k += 4) memcpy(dst + (size_t)k * LANES, gathered + k, 4);
         }
     }
-    cb[o] = (long long)bs[out_idx[o]] - (long long)(128 + x_zero) * sum;
+    cb[o] = (long long)bs[out_idx[o]] - (long long)((flip ? 128 : 0) + x_zero) * sum;
     if (cb[o] < -(1LL << 30) || cb[o] > (1LL << 30)) wk.exact32 = 0;
     else cb32[o] = (int32_t)cb[o];
   }
