@@ -115,7 +115,9 @@ def save_pretrained(model, name, backbone, command, metrics, folder=None):
     architecture = architecture_of(model, backbone)
     os.makedirs(folder, exist_ok=True)
     weights = os.path.join(folder, name + _WEIGHTS)
-    model.save_weights(weights)
+    plain = build(architecture)  # uncompiled: the file holds no optimizer state
+    plain.set_weights(model.get_weights())
+    plain.save_weights(weights)
     rebuilt = build(architecture)  # the check runs on what `pretrained` will return
     rebuilt.load_weights(weights)
     x = check_images()
