@@ -227,6 +227,7 @@ def test_kill_9_then_rerun_resumes(tmp_path, kill_after_epoch):
     cmd = [sys.executable, os.path.join(ROOT, "examples", "train_cifar.py"),
            "--train_subset=128", "--test_subset=64", "--batch_size=64",
            "--backbone_epochs=3", "--warmup_epochs=1", "--finetune_epochs=1",
+           "--pretrained=none",  # train stage 1, rather than start from the shipped backbone
            f"--output_dir={out}"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
