@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "sanp_gated_conv.h"
+#include "sanp_geometry.h"
 
 static inline SanpTensor sanp_test_tensor(int dtype, int rank, const int* dims) {
   SanpTensor t;
@@ -15,7 +16,7 @@ static inline SanpTensor sanp_test_tensor(int dtype, int rank, const int* dims) 
   t.rank = rank;
   size_t count = 1;
   for (int i = 0; i < rank; ++i) { t.dims[i] = dims[i]; count *= (size_t)dims[i]; }
-  const size_t size = dtype == SANP_INT8 ? 1 : 4;
+  const size_t size = sanp_element_size(dtype);
   t.bytes = count * size;
   t.data = calloc(count, size);
   return t;
