@@ -309,8 +309,7 @@ def convert(function, signature, weights=(), quantize=None, calibration_data=Non
         if quantize == "int8":
             from sanp_keras.export import quantize as quantization
 
-            return quantization.int8_flatbuffer(tmp, calibration_data,
-                                                signature[0].shape[0])[0]
+            return quantization.int8_flatbuffer(tmp, calibration_data, signature[0].shape[0])
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         return converter.convert()

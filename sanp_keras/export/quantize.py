@@ -77,11 +77,7 @@ def _gate_tensors(calibrated, int8_ops=("MEAN", "ABS")):
 
 
 def int8_flatbuffer(saved_model_dir, calibration_data, batch_size):
-    """The int8 TFLite flatbuffer of the SavedModel at `saved_model_dir`, gates float.
-
-    Returns:
-        (flatbuffer, float_tensors): the model and the names of the tensors left float.
-    """
+    """The int8 TFLite flatbuffer of the SavedModel at `saved_model_dir`, gates float."""
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative_dataset(calibration_data, batch_size)
@@ -97,7 +93,6 @@ def int8_flatbuffer(saved_model_dir, calibration_data, batch_size):
     keep_float = _gate_tensors(calibrated)
     from tensorflow.lite.python import convert as lite_convert
 
-    flatbuffer = lite_convert.mlir_quantize(
+    return lite_convert.mlir_quantize(
         calibrated, disable_per_channel=False, fully_quantize=False,
         enable_numeric_verify=False, denylisted_nodes=keep_float or None)
-    return flatbuffer, keep_float
