@@ -43,7 +43,7 @@ RUN_FLAGS = ("backbone", "budget", "gate_speed", "cost_weighting", "allocation",
              "land_budget", "mode", "warmup_epochs", "finetune_epochs", "warmup_lr",
              "finetune_lr", "batch_size", "clipnorm", "weight_decay", "lr_warmup_epochs",
              "distill", "distill_temperature", "gate_noise", "discrete_fraction",
-             "gate_rescale", "cost_floor", "gate_gradient", "calibration_images", "seed")
+             "gate_rescale", "cost_floor", "gate_gradient", "gate_start", "calibration_images", "seed")
 
 
 def parse_configs(text):

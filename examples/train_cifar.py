@@ -156,6 +156,11 @@ flags.DEFINE_float("cost_floor", 0.0,
                    "sanp / static: fraction of every layer's channels (its highest scoring "
                    "ones) the cost loss never pushes to close, so that the controller "
                    "cannot empty a layer (0: the paper). Training only.")
+flags.DEFINE_enum("gate_start", "open", ["open", "budget"],
+                  "sanp / static: start the fine-tune with every channel open (the paper) "
+                  "or at the budget: each layer's gates shifted to keep FIXED-K's k of "
+                  "its channels, then one global shift onto the budget "
+                  "(training.start_at_keep_ratio).")
 flags.DEFINE_enum("gate_gradient", "all", ["all", "task", "none"],
                   "sanp / static: which losses reach the backbone through each gate's "
                   "input: all (the paper), task (the cost loss trains the gates alone) or "
@@ -218,14 +223,14 @@ def _compile(learning_rate, steps, epochs, cosine=True, clipnorm=None, weight_de
 
 
 def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
-        budget=0.5, gate_speed=0.03, cost_weighting="macs", allocation="global", budget_ramp=0.0, land_budget=True, slimming_l1=1e-4,
-        mode="sanp",
+        budget=0.5, gate_speed=0.03, cost_weighting="macs", allocation="global",
+        budget_ramp=0.0, land_budget=True, slimming_l1=1e-4, mode="sanp",
         pretrained="shipped", backbone_epochs=6, warmup_epochs=1, finetune_epochs=6,
         backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01, batch_size=128, clipnorm=None,
         weight_decay=5e-4, lr_warmup_epochs=0, distill=0.0, distill_temperature=4.0,
         gate_noise=1.0, discrete_fraction=0.5, gate_rescale="sigmoid",
-        cost_floor=0.0, gate_gradient="all", calibration_images=1000, train_subset=None,
-        test_subset=None, output_dir="runs/default", seed=0, verbose=None, command=None,
+        cost_floor=0.0, gate_gradient="all", gate_start="open", calibration_images=1000,
+        train_subset=None, test_subset=None, output_dir="runs/default", seed=0, verbose=None, command=None,
         export_kind="portable", save_pretrained=None):
     """Trains, prunes, evaluates and exports; returns the evaluation result (a dict)."""
     keras.utils.set_random_seed(seed)
@@ -341,6 +346,14 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
                 ratio, cost = training.calibrate_keep_ratio(warm, budget, calibration)
                 print(f"{mode} keeps {ratio:.3f} of every layer's channels after warm-up "
                       f"(measured cost {cost:.3f} of dense).")
+            elif gate_start == "budget" and mode in ("sanp", "static"):
+                ratio = training.fixed_k_keep_ratio(warm, budget)
+                training.start_at_keep_ratio(warm, ratio, calibration)
+                shift, before, after = training.land_on_budget(
+                    warm, budget - LANDING_MARGIN, calibration, tolerance=LANDING_BAND)
+                print(f"Starting at the budget: every layer keeps about {ratio:.3f} of its "
+                      f"channels ({before:.3f} of the dense MACs), then a global shift "
+                      f"{shift:+.3f}: {after:.3f}, on the held-out images.")
             return warm
 
         # 4. Fine-tune everything to the budget.
@@ -436,9 +449,8 @@ def main(argv):
         "backbone_epochs", "warmup_epochs", "finetune_epochs", "backbone_lr", "warmup_lr",
         "finetune_lr", "batch_size", "clipnorm", "weight_decay", "lr_warmup_epochs",
         "distill", "distill_temperature", "gate_noise", "discrete_fraction", "gate_rescale",
-        "cost_floor", "gate_gradient", "calibration_images", "train_subset", "test_subset",
-        "output_dir",
-        "seed")},
+        "cost_floor", "gate_gradient", "gate_start", "calibration_images", "train_subset",
+        "test_subset", "output_dir", "seed")},
         command="python " + " ".join(sys.argv), export_kind=FLAGS.export,
         save_pretrained=FLAGS.save_pretrained)
 

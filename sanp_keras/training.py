@@ -242,6 +242,62 @@ def calibrate_keep_ratio(model, budget, images, steps=10):
     return best
 
 
+def start_at_keep_ratio(model, keep_ratio, images, steps=16):
+    """Closes, layer by layer, the lowest scoring channels of each `"sanp"` / `"static"`
+    gate so that the layer keeps about `keep_ratio` of them on `images`; returns
+    `{layer name: (delta_l, open fraction)}`.
+
+    Beyond the paper: a freshly converted gate keeps every channel open (`c2` around
+    3), so in the paper's recipe the cost loss closes half the network during the
+    first epochs of the fine-tune, down to empty layers, while the classification loss
+    meets a network changing under it (the controller per epoch of
+    `bench/results/sanp_ablation_10ep.md`: 0.69 0.30 0.31...). Called after the warm-up
+    with FIXED-K's `k` (`fixed_k_keep_ratio`), this starts the fine-tune where FIXED-K
+    starts: every layer at `k`, its lowest scoring channels closed, its kept channels
+    unchanged; the gates still decide per sample (`1[g > 0]`, METHOD.md eq. 7) and the
+    controller then moves channels between layers. Follow it with `land_on_budget` for
+    the exact cost, which `k` misses where residual paths join.
+
+    Layer l's channels whose bias `c2` lies under `delta_l` move down by `delta_l`, just
+    under the threshold (closed, in their order, the nearest to reopening first); the
+    others keep their bias. Shifting every channel instead would also rescale the kept
+    ones, `sigmoid(g - delta_l)` in place of `sigmoid(g)` (SANP eq. 4): about 0.6
+    in place of 0.95 in every layer, which a ResNet-20 did not survive (13 % training
+    accuracy). A layer under `keep_ratio` as it stands gets `delta_l < 0`: all its
+    scores move up, the nearest to opening first. The new bias is written into the
+    gate's `excite_bias`, so the saved model and every export carry it. All layers are
+    bisected together, `steps` passes over `images` (a layer's open fraction falls as
+    its `delta_l` grows, given the layers above it, which settle as the bisection goes).
+    """
+    keep_ratio = _checks.check_float_in("keep_ratio", keep_ratio, 0.0, 1.0)
+    layers = [g for g in flops.gated_layers(model) if g.mode in ("sanp", "static")]
+    if not layers:
+        raise ValueError(f"Model '{model.name}' has no sanp or static gates to shift.")
+    run = flops.decision_function(model)
+    original = {g.name: np.array(g.gate.excite_bias.numpy()) for g in layers}
+    low = {g.name: -16.0 for g in layers}  # delta_l: open fraction >= keep_ratio
+    high = {g.name: 16.0 for g in layers}  # ... and <= keep_ratio
+
+    def shifted(bias, delta):  # (units,): the channels under delta closed, or all raised
+        return np.where((bias < delta) | (delta < 0), bias - delta, bias)
+
+    def open_fractions(deltas):
+        for g in layers:
+            g.gate.excite_bias.assign(shifted(original[g.name], deltas[g.name]))
+        decisions, _ = flops.collect_decisions(model, images, run=run)
+        return {g.name: float(np.mean(decisions[g.name])) for g in layers}
+
+    for _ in range(steps):
+        mid = {name: (low[name] + high[name]) / 2 for name in low}
+        for name, fraction in open_fractions(mid).items():
+            if fraction > keep_ratio:
+                low[name] = mid[name]
+            else:
+                high[name] = mid[name]
+    fractions = open_fractions(high)
+    return {name: (high[name], fractions[name]) for name in high}
+
+
 def land_on_budget(model, budget, images, tolerance=0.01, steps=20):
     """Moves one global threshold of every `"sanp"` / `"static"` gate until the model's
     measured cost on `images` lies in `[budget - tolerance, budget]`.

@@ -221,6 +221,33 @@ def test_land_on_budget_reopens_a_model_under_the_band_and_rejects_the_impossibl
         training.land_on_budget(sk.convert(plain, mode="fixed_k"), 0.5, x)
 
 
+def test_start_at_keep_ratio_shifts_each_layer_to_keep_k_of_its_channels():
+    plain = sk.models.create_model("resnet20", gated=False)
+    gated = sk.convert(plain, mode="sanp")
+    _random_gates(gated, 2, 2.0)  # mostly open, each layer around its own level
+    for i, layer in enumerate(flops.gated_layers(gated)):
+        layer.gate.excite_bias.assign(layer.gate.excite_bias.numpy() + 0.3 * (i % 4))
+    x = oracle.images(16, 0, size=32)
+    bias = {g.name: g.gate.excite_bias.numpy().copy() for g in flops.gated_layers(gated)}
+    result = training.start_at_keep_ratio(gated, 0.4, x)
+    measured = flops.measure(gated, x)["per_layer"]  # independent: measured afresh
+    for layer in flops.gated_layers(gated):
+        delta, fraction = result[layer.name]
+        assert abs(fraction - measured[layer.name]["active_ratio"]) < 1e-9
+        assert abs(fraction - 0.4) <= 1.5 / layer.filters  # k, to a channel or so
+        old, new = bias[layer.name], layer.gate.excite_bias.numpy()
+        closed = old < delta  # moved just under the threshold, in their order
+        assert delta > 0 and 0 < closed.sum() < layer.filters
+        np.testing.assert_allclose(new[closed], old[closed] - delta, atol=1e-6)
+        np.testing.assert_array_equal(new[~closed], old[~closed])  # kept: as they were
+    deltas = [delta for delta, _ in result.values()]
+    assert max(deltas) - min(deltas) > 0.2  # one threshold per layer, not one for all
+    with pytest.raises(ValueError, match="has no sanp or static gates"):
+        training.start_at_keep_ratio(sk.convert(plain, mode="fixed_k"), 0.5, x)
+    with pytest.raises(ValueError, match="keep_ratio=1.5"):
+        training.start_at_keep_ratio(gated, 1.5, x)
+
+
 @pytest.mark.parametrize("kill_after_epoch", [1])
 def test_kill_9_then_rerun_resumes(tmp_path, kill_after_epoch):
     out = tmp_path / "run"
