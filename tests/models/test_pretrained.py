@@ -54,6 +54,5 @@ def test_round_trip_of_a_gated_model_and_errors(tmp_path, images):
         sk.models.pretrained("nope", folder=str(tmp_path))
 
 
-@pytest.mark.xfail(reason="converged weights not trained yet (issue 17)", strict=True)
 def test_the_required_models_are_shipped():
     assert set(REQUIRED) <= set(sk.models.list_pretrained())
