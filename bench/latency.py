@@ -20,6 +20,13 @@ decisions and of top-1 labels equal to Keras, and the largest logit difference.
         --budgets=0.5,0.33,random --output=bench/results/latency
 
 `--budgets=random` adds the held-out case: gates nobody trained (`randomized_model`).
+`--source=shipped` times the converged models shipped with the package (`bench/
+converged.sh`; `sk.models.pretrained("resnet20_cifar10_sanp_0.5")`...) instead of quick
+runs:
+
+    python bench/latency.py --source=shipped --backbones=resnet20 \
+        --budgets=0.5,0.33,random --models_dir=runs/latency_shipped \
+        --output=bench/results/latency_shipped
 
 Writes `<output>.json` and `<output>.md` with the command that produced them. Rows
 of an earlier run that this one does not measure again are kept (`--keep_rows`), each
@@ -46,6 +53,7 @@ import sanp_keras as sk  # noqa: E402
 from sanp_keras import datasets  # noqa: E402
 from sanp_keras import export  # noqa: E402
 from sanp_keras.export import layer_choice  # noqa: E402
+from sanp_keras.models import shipped  # noqa: E402
 
 example = _example.load()  # defines the example's flags too
 
@@ -61,6 +69,11 @@ RUNS = flags.DEFINE_integer("runs", 200, "Timed runs per model (median reported)
 WARMUP = flags.DEFINE_integer("warmup", 20, "Untimed runs first.")
 PARITY = flags.DEFINE_integer("parity_images", 1000, "Test images of the parity check.")
 MODELS_DIR = flags.DEFINE_string("models_dir", "runs/latency", "Trained models, one per run.")
+SOURCE = flags.DEFINE_enum(
+    "source", "quick", ["quick", "shipped"],
+    "The trained models timed: quick runs of the pipeline (trained here if missing, under "
+    "--models_dir) or the shipped SANP models, `sk.models.pretrained(<backbone>_cifar10_"
+    "sanp_<budget>)`.")
 QUICK_EPOCHS = flags.DEFINE_list("quick_epochs", ["3", "1", "6"],
                                  "Backbone, warm-up and fine-tune epochs of the quick runs.")
 OUTPUT = flags.DEFINE_string("output", "bench/results/latency", "Output path stem.")
@@ -109,6 +122,8 @@ def trained_model(backbone, budget):
     """
     if budget == RANDOM:
         return randomized_model(backbone)
+    if SOURCE.value == "shipped":
+        return sk.models.pretrained(shipped.sanp_name(backbone, budget))
     b, w, f = (int(e) for e in QUICK_EPOCHS.value)
     dense = os.path.join(MODELS_DIR.value, f"{backbone}_dense")
     out = os.path.join(MODELS_DIR.value, f"{backbone}_{budget}")
@@ -192,6 +207,12 @@ def measure_one(backbone, budget, images):
     if budget == RANDOM:
         row["model"] = {"command": None, "top1_error": None, "dataset": None,
                         "landing": None}
+    elif SOURCE.value == "shipped":
+        name = shipped.sanp_name(backbone, budget)
+        spec = sk.models.describe_pretrained(name)  # how it was trained, what it reached
+        row["model"] = {"shipped": name, "command": spec["command"],
+                        "top1_error": spec["metrics"]["top1_error"],
+                        "dataset": spec["metrics"]["images"], "landing": None}
     else:
         with open(os.path.join(MODELS_DIR.value, f"{backbone}_{budget}", "report",
                                "report.json")) as f:
@@ -275,14 +296,20 @@ def markdown(rows):
                      f"| {r['kernel_calls']:.0f} | {total:.2f} | {r['kernels_inside_ms']:.2f} "
                      f"| {total - r['kernels_inside_ms']:.2f} | {builtin_gates} |"
                      + (f" command {commands.index(r['command']) + 1} |" if several else ""))
-    lines += ["", "Models (quick runs of `examples/train_cifar.py`, SANP; trained by the command "
-              "shown, top-1 error on the sample's 1,000 test images):", ""]
+    lines += ["", "Models (SANP, trained by the command shown: quick runs of "
+              "`examples/train_cifar.py`, top-1 error on the sample's 1,000 test images, or "
+              "shipped converged models, top-1 error on the images named):", ""]
     for r in rows:
         m = r["model"]
         if r["budget"] == RANDOM:
             lines.append(f"- {r['backbone']} random: not trained, gate weights randomized "
                          "(`randomized_model`), about half the MACs pruned, decisions varying "
                          "with the sample")
+            continue
+        if m.get("shipped"):
+            lines.append(f"- {r['backbone']} {r['budget']}: shipped `{m['shipped']}`, "
+                         f"{100 * m['top1_error']:.2f} % error on {m['dataset']}, by "
+                         f"`{m['command']}`")
             continue
         lines.append(f"- {r['backbone']} {r['budget']}: {100 * m['top1_error']:.1f} % error, "
                      f"by `{m['command']}`")

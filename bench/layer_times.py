@@ -12,6 +12,9 @@ gate's builtin ops and the runtime), and the builtin model's latency.
     python bench/layer_times.py --backbone=resnet20 --budget=0.33 \
         --output=bench/results/layer_times_resnet20_0.33
 
+`--source=shipped` times the shipped converged model instead
+(`sk.models.pretrained("resnet20_cifar10_sanp_0.33")`).
+
 Writes `<output>.json` and `<output>.md` with the command that produced them.
 """
 
@@ -32,11 +35,14 @@ from sanp_keras.export import builders  # noqa: E402
 from sanp_keras.export import folding  # noqa: E402
 from sanp_keras.export import layer_choice  # noqa: E402
 from sanp_keras.export import runners  # noqa: E402
+from sanp_keras.models import shipped  # noqa: E402
 
 BACKBONE = flags.DEFINE_string("backbone", "resnet20", "Zoo backbone of the quick run.")
 BUDGET = flags.DEFINE_string("budget", "0.33", "Budget of the quick run.")
 MODELS_DIR = flags.DEFINE_string("models_dir", "runs/latency", "bench/latency.py's models.")
 RUNS = flags.DEFINE_integer("runs", 200, "Timed runs per form (median reported).")
+SOURCE = flags.DEFINE_enum("source", "quick", ["quick", "shipped"],
+                           "A quick run of bench/latency.py or the shipped SANP model.")
 OUTPUT = flags.DEFINE_string("output", None, "Output path stem (default: "
                              "bench/results/layer_times_<backbone>_<budget>).")
 
@@ -87,13 +93,18 @@ def markdown(rows, totals, title, command):
 def main(argv):
     del argv
     name = f"{BACKBONE.value}_{BUDGET.value}"
-    path = os.path.join(MODELS_DIR.value, name, "model.keras")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"No quick run at {path}: train it with `python bench/latency.py "
-            f"--backbones={BACKBONE.value} --budgets={BUDGET.value} --train_only`.")
+    if SOURCE.value == "shipped":
+        path = shipped.sanp_name(BACKBONE.value, BUDGET.value)
+        model = sk.models.pretrained(path)  # a ValueError listing the shipped ones
+        name = path
+    else:
+        path = os.path.join(MODELS_DIR.value, name, "model.keras")
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"No quick run at {path}: train it with `python bench/latency.py "
+                f"--backbones={BACKBONE.value} --budgets={BUDGET.value} --train_only`.")
+        model = keras.models.load_model(path)
     runners.build_kernels()
-    model = keras.models.load_model(path)
     x = datasets.normalized(datasets.load("embedded").test, 1)
     inputs = layer_choice.layer_inputs(model, x)
     layers = [g for g in sk.flops.gated_layers(model) if g.mode in layer_choice.DYNAMIC_MODES]

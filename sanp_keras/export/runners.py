@@ -81,7 +81,10 @@ def load_library(library=None):
 
     `libLiteRt.so` is loaded globally first, so that a library built without linking
     it (an install whose build had no LiteRT at hand) resolves its symbols there.
+    The default library is built on first use in a source checkout (`build_kernels`).
     """
+    if library is None and not os.path.exists(library_path()):
+        build_kernels()  # make -C tflite; an install built without a compiler says so
     library = os.path.abspath(library or library_path())
     if library not in _LOADED:
         if not os.path.exists(library):

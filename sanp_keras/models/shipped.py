@@ -44,6 +44,12 @@ def list_pretrained(folder=None):
     )
 
 
+def sanp_name(backbone, budget, dataset="cifar10"):
+    """The name a SANP `backbone` pruned to `budget` is shipped under:
+    `sanp_name("resnet20", 0.5) == "resnet20_cifar10_sanp_0.5"`."""
+    return f"{backbone}_{dataset}_sanp_{float(budget):g}"
+
+
 def describe_pretrained(name, folder=None):
     """The JSON beside the weights of `name`: architecture, command, metrics, check."""
     folder = folder or PRETRAINED_DIR

@@ -56,3 +56,4 @@ def test_round_trip_of_a_gated_model_and_errors(tmp_path, images):
 
 def test_the_required_models_are_shipped():
     assert set(REQUIRED) <= set(sk.models.list_pretrained())
+    assert [shipped.sanp_name("resnet20", b) for b in (0.5, "0.33")] == list(REQUIRED[1:])
