@@ -25,6 +25,8 @@ declare -A runs=(
   [dense]="--mode=dense --backbone_epochs=160 --backbone_lr=0.2 --weight_decay=5e-3 --lr_warmup_epochs=3 --save_pretrained=resnet20_cifar10"
   [sanp_0.5]="--mode=sanp --budget=0.5 --save_pretrained=resnet20_cifar10_sanp_0.5"
   [sanp_0.33]="--mode=sanp --budget=0.33 --save_pretrained=resnet20_cifar10_sanp_0.33"
+  [sanp_start_0.5]="--mode=sanp --budget=0.5 --gate_start=budget"
+  [sanp_start_0.33]="--mode=sanp --budget=0.33 --gate_start=budget"
   [fixed_k_0.5]="--mode=fixed_k --budget=0.5"
   [fixed_k_0.33]="--mode=fixed_k --budget=0.33"
   [sanp_kd_0.5]="--mode=sanp --budget=0.5 --distill=0.7"
@@ -36,7 +38,7 @@ declare -A runs=(
   [thin_0.5]="--mode=thin --budget=0.5 --backbone_epochs=160 --backbone_lr=0.2 --weight_decay=5e-3 --lr_warmup_epochs=3"
 )
 order=(dense sanp_0.33 fixed_k_0.33 sanp_0.5 fixed_k_0.5 slimming_0.5 slimming_0.33
-       sanp_kd_0.5 sanp_kd_0.33 static_0.5 fbs_0.5 thin_0.5)
+       sanp_start_0.5 sanp_start_0.33 sanp_kd_0.5 sanp_kd_0.33 static_0.5 fbs_0.5 thin_0.5)
 selected=("${@:-${order[@]}}")
 
 for run in "${selected[@]}"; do
@@ -62,6 +64,11 @@ for run in "${selected[@]}"; do
   case "$run" in
     dense|thin_*) ;;
     *)
+      if [ ! -e "$backbone" ] && [ -e checkpoints/converged/dense/model.keras ]; then
+        mkdir -p "$out/dense/report"  # the committed backbone, as 'dense' restores it
+        cp checkpoints/converged/dense/model.keras "$backbone"
+        cp checkpoints/converged/dense/report.json "$out/dense/report/report.json"
+      fi
       if [ ! -e "$backbone" ]; then
         echo "[$run] needs $backbone: run 'dense' first" >&2
         exit 1
