@@ -23,14 +23,14 @@ finetune=(--pretrained="$backbone" --warmup_epochs=2 --finetune_epochs=20
 
 declare -A runs=(
   [dense]="--mode=dense --backbone_epochs=160 --backbone_lr=0.2 --weight_decay=5e-3 --lr_warmup_epochs=3 --save_pretrained=resnet20_cifar10"
-  [sanp_0.5]="--mode=sanp --budget=0.5 --save_pretrained=resnet20_cifar10_sanp_0.5"
-  [sanp_0.33]="--mode=sanp --budget=0.33 --save_pretrained=resnet20_cifar10_sanp_0.33"
+  [sanp_0.5]="--mode=sanp --budget=0.5 --gate_start=open --save_pretrained=resnet20_cifar10_sanp_0.5"
+  [sanp_0.33]="--mode=sanp --budget=0.33 --gate_start=open --save_pretrained=resnet20_cifar10_sanp_0.33"
   [sanp_start_0.5]="--mode=sanp --budget=0.5 --gate_start=budget"
   [sanp_start_0.33]="--mode=sanp --budget=0.33 --gate_start=budget"
   [fixed_k_0.5]="--mode=fixed_k --budget=0.5"
   [fixed_k_0.33]="--mode=fixed_k --budget=0.33"
-  [sanp_kd_0.5]="--mode=sanp --budget=0.5 --distill=0.7"
-  [sanp_kd_0.33]="--mode=sanp --budget=0.33 --distill=0.7"
+  [sanp_kd_0.5]="--mode=sanp --budget=0.5 --gate_start=open --distill=0.7"
+  [sanp_kd_0.33]="--mode=sanp --budget=0.33 --gate_start=open --distill=0.7"
   [slimming_0.5]="--mode=slimming --budget=0.5"
   [slimming_0.33]="--mode=slimming --budget=0.33"
   [static_0.5]="--mode=static --budget=0.5"

@@ -10,7 +10,7 @@ at a time, side by side.
 Each config is `name` or `name:flag=value,flag=value` with flags of
 `examples/train_cifar.py` (`mode`, `gate_speed`, `gate_noise`, `discrete_fraction`,
 `gate_rescale`, `finetune_lr`, `warmup_lr`, `distill`...); a config with no override runs
-the recipe's defaults (`--cost_weighting=uniform` is the paper's eq. 9, `macs` ours). The data is loaded once and every run starts
+the recipe's defaults with the paper's open start (`gate_start=open`) (`--cost_weighting=uniform` is the paper's eq. 9, `macs` ours). The data is loaded once and every run starts
 from the same backbone, images, held-out split and seed. Writes `<results>.json` and
 `<results>.md`: top-1 error and mean cost on the test images, the landing, and the
 controller's cost at the end of each fine-tune epoch (how far it swings). Runs are
@@ -39,6 +39,7 @@ RESULTS = flags.DEFINE_string("results", "bench/results/sanp_ablation", "Output 
 FLAGS = flags.FLAGS
 FLAGS.set_default("output_dir", "runs/ablation")
 FLAGS.set_default("export", "none")
+FLAGS.set_default("gate_start", "open")  # the paper's recipe is the baseline of every config
 RUN_FLAGS = ("backbone", "budget", "gate_speed", "cost_weighting", "allocation", "budget_ramp",
              "land_budget", "mode", "warmup_epochs", "finetune_epochs", "warmup_lr",
              "finetune_lr", "batch_size", "clipnorm", "weight_decay", "lr_warmup_epochs",
