@@ -60,6 +60,13 @@ for run in "${selected[@]}"; do
     echo "[$run] done: $dir/report/report.json"
     continue
   fi
+  # A run that ships its model (--save_pretrained) is done once the model is shipped:
+  # its weights, command and figures are in sanp_keras/pretrained/<name>.json.
+  shipped=$(grep -o -- '--save_pretrained=[^ ]*' <<< "${runs[$run]}" | cut -d= -f2 || true)
+  if [ -n "$shipped" ] && [ "$run" != dense ] && [ -e "sanp_keras/pretrained/$shipped.json" ]; then
+    echo "[$run] done: shipped as $shipped (sanp_keras/pretrained/$shipped.json)"
+    continue
+  fi
   args=("${common[@]}" --output_dir="$dir")
   case "$run" in
     dense|thin_*) ;;
