@@ -15,9 +15,10 @@ figure is measured here, on these weights:
   (`sanp_keras.report.evaluate`);
 - batch-1 latency of the form a phone would run: a plain model (dense, Network
   Slimming, thin) as one dense `.tflite`; a gated one as `kernels` (the sanp custom
-  ops, each layer's form measured, `layer_choice="measured"`); all timed side by side in
-  one LiteRT runtime (CompiledModel, XNNPACK), median of `--runs`, at each of
-  `--threads`, on test image 0.
+  ops, each layer's form measured at the thread count it is timed at,
+  `layer_choice.measured_plan(..., num_threads=t)`); all timed side by side in one
+  LiteRT runtime (CompiledModel, XNNPACK), median of `--runs`, at each of `--threads`,
+  on test image 0.
 
 Writes `<output>.json`, `<output>.md` and `<output>.png` (error against latency at the
 first of `--threads`). Pause any trainer on the machine while it times.
@@ -75,12 +76,13 @@ def load(source):
     return keras.models.load_model(source, compile=False)
 
 
-def export_fastest_form(model, path, images):
-    """The `.tflite` a phone would run: a dense file for a plain model, `kernels` with
-    each layer's form measured for a gated one. Returns (path, kind)."""
+def export_fastest_form(model, path, images, num_threads):
+    """The `.tflite` a phone would run at `num_threads`: a dense file for a plain model,
+    `kernels` with each layer's form measured at that thread count for a gated one.
+    Returns (path, kind)."""
     if not sk.flops.gated_layers(model):
         return export.export_tflite(model, path, "masked", batch_size=1), "dense"
-    plan = layer_choice.measured_plan(model, "kernels", images)
+    plan = layer_choice.measured_plan(model, "kernels", images, num_threads=num_threads)
     return export.export_tflite(model, path, "kernels", calibration_data=images,
                                 batch_size=1, layer_choice=plan), "kernels"
 
@@ -90,15 +92,18 @@ def measure(models, data):
     test = datasets.pipeline(data.test, 256, training=False)
     calibration = datasets.normalized(data.test, 256)
     os.makedirs(WORK_DIR.value, exist_ok=True)
-    rows, paths, reference_macs = [], {}, None
+    threads = [int(t) for t in THREADS.value]
+    rows, paths, reference_macs = [], {t: {} for t in threads}, None
     for label, source in models:
         model = load(source)
         if reference_macs is None:
             reference_macs = sk.flops.dense_macs(model)
         result = report.evaluate(model, test, name=label, reference_macs=reference_macs)
-        path, kind = export_fastest_form(model, os.path.join(WORK_DIR.value, f"{label}.tflite"),
-                                         calibration)
-        paths[label] = path
+        for t in threads:
+            path, kind = export_fastest_form(
+                model, os.path.join(WORK_DIR.value, f"{label}_{t}threads.tflite"),
+                calibration, t)
+            paths[t][label] = path
         rows.append({"label": label, "source": source, "export": kind,
                      "top1_error": result["top1_error"], "mean_macs": result["mean_macs"],
                      "dense_macs": result["dense_macs"], "flops_ratio": result["flops_ratio"],
@@ -108,9 +113,9 @@ def measure(models, data):
                      "latency_ms": {}})
         print(f"[frontier] {label}: {100 * result['top1_error']:.2f} % error, cost "
               f"{result['flops_ratio']:.3f}, exported as {kind}", flush=True)
-    for threads in (int(t) for t in THREADS.value):
-        timed = export.time_side_by_side(paths, calibration[:1], threads, RUNS.value,
-                                         WARMUP.value)
+    for threads in threads:
+        timed = export.time_side_by_side(paths[threads], calibration[:1], threads,
+                                         RUNS.value, WARMUP.value)
         for row in rows:
             row["latency_ms"][threads] = timed[row["label"]]
         print(f"[frontier] {threads} thread(s): {timed}", flush=True)

@@ -152,15 +152,15 @@ def _file_prefix(index, layer_name):
     return f"{index:03d}_{safe}"
 
 
-def _timer(path, custom_ops=False):
+def _timer(path, custom_ops=False, num_threads=1):
     """A function (x, runs) -> median milliseconds of the model at `path` on `x`: the C
-    timing loop of `KernelRunner` where the kernels are built (a model with custom ops
-    needs them), else the stock interpreter in a Python loop (the same overhead for
-    both forms of a layer)."""
+    timing loop of `KernelRunner` at `num_threads` where the kernels are built (a model
+    with custom ops needs them), else the stock interpreter in a Python loop (the same
+    overhead for both forms of a layer)."""
     if custom_ops or os.path.exists(runners.library_path()):
-        runner = runners.KernelRunner(path)
+        runner = runners.KernelRunner(path, num_threads=num_threads)
         return lambda x, runs: float(np.median(runner.time(x, runs=runs, warmup=2)))
-    runner = runners.Interpreter(path)
+    runner = runners.Interpreter(path, num_threads=num_threads)
 
     def median_ms(x, runs):
         times = []
@@ -173,7 +173,8 @@ def _timer(path, custom_ops=False):
     return median_ms
 
 
-def measure_forms(model, kind, calibration_data, samples=8, runs=30, verbose=False):
+def measure_forms(model, kind, calibration_data, samples=8, runs=30, verbose=False,
+                  num_threads=1):
     """Times both forms of every input-dependent gated layer of `model`.
 
     Args:
@@ -184,12 +185,18 @@ def measure_forms(model, kind, calibration_data, samples=8, runs=30, verbose=Fal
         samples: images whose activations each layer is timed on (their sum counts).
         runs: timed runs per sample and form (the median counts).
         verbose: log each layer's times.
+        num_threads: the runtime's threads when timing: the count the model will run
+            at (at 2 threads XNNPACK's dense convolution uses both cores, and the
+            faster form of a layer can change).
 
     Returns:
         dict layer name -> {form: (milliseconds summed over the samples, plan entry)}.
     """
     if kind not in ("portable", "kernels"):
         raise ValueError(f"Layer choice is for kinds 'portable' and 'kernels'; got {kind!r}.")
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError("Invalid value for argument `num_threads`: expected an integer "
+                         f">= 1. Received: num_threads={num_threads!r}")
     images = np.asarray(calibration_data, np.float32)
     always_on = always_on_channels(model, images) if kind == "portable" else {}
     inputs = layer_inputs(model, images[:samples])
@@ -201,7 +208,8 @@ def measure_forms(model, kind, calibration_data, samples=8, runs=30, verbose=Fal
             x = inputs[layer.name]  # (samples, H, W, C_in)
             forms = write_forms(kind, folded, always_on.get(layer.name), x.shape[1:], tmp,
                                 _file_prefix(index, layer.name))
-            timers = {form: _timer(path, kind == "kernels") for form, (path, _) in forms.items()}
+            timers = {form: _timer(path, kind == "kernels", num_threads)
+                      for form, (path, _) in forms.items()}
             entries = {form: entry for form, (_, entry) in forms.items()}
             total = {form: 0.0 for form in timers}
             for sample in x:  # forms alternate per sample: noise hits both alike
@@ -223,12 +231,13 @@ def measure_forms(model, kind, calibration_data, samples=8, runs=30, verbose=Fal
 KERNEL_MARGIN = 0.1
 
 
-def measured_plan(model, kind, calibration_data, samples=8, runs=30, verbose=False):
+def measured_plan(model, kind, calibration_data, samples=8, runs=30, verbose=False,
+                  num_threads=1):
     """The `plan` of `builders.inference_function` that runs each layer in its faster
-    form, as `measure_forms` timed it (portable: the always-open channels, or "dense";
-    kernels: True to keep the layer builtin, unless the custom op is faster by more
-    than KERNEL_MARGIN)."""
-    times = measure_forms(model, kind, calibration_data, samples, runs, verbose)
+    form at `num_threads`, as `measure_forms` timed it (portable: the always-open
+    channels, or "dense"; kernels: True to keep the layer builtin, unless the custom op
+    is faster by more than KERNEL_MARGIN)."""
+    times = measure_forms(model, kind, calibration_data, samples, runs, verbose, num_threads)
     if kind == "kernels":
         return {name: forms["builtin"][1]
                 if forms["kernel"][0] * (1 + KERNEL_MARGIN) >= forms["builtin"][0]

@@ -33,7 +33,7 @@ def test_layer_inputs_are_what_keras_feeds_each_layer():
 @pytest.mark.parametrize("kind,slow", [("kernels", "kernel"), ("portable", "gathered")])
 def test_measured_plan_takes_the_faster_form(kind, slow, monkeypatch, tmp_path):
     # A stand-in clock: the custom / gathered form is slower in layer "valid" only.
-    def timer(path, custom_ops=False):
+    def timer(path, custom_ops=False, num_threads=1):
         slower = ("_valid_" in path) == (f"_{slow}." in path)
         return lambda x, runs: 2.0 if slower else 1.0
 
@@ -60,7 +60,7 @@ def test_measured_plan_takes_the_faster_form(kind, slow, monkeypatch, tmp_path):
 def test_measured_plan_keeps_a_kernel_only_if_clearly_faster(monkeypatch):
     # Stand-in clock: the custom op is 5 % faster in layer "valid" (a tie: builtin wins,
     # KERNEL_MARGIN), 20 % faster elsewhere (kept).
-    def timer(path, custom_ops=False):
+    def timer(path, custom_ops=False, num_threads=1):
         kernel = "_kernel." in path
         return lambda x, runs: 1.0 if not kernel else 0.95 if "_valid_" in path else 0.8
 
@@ -68,6 +68,30 @@ def test_measured_plan_keeps_a_kernel_only_if_clearly_faster(monkeypatch):
     model = _direct_model()
     plan = layer_choice.measured_plan(model, "kernels", _images(model), samples=1, runs=1)
     assert plan == {"s2": False, "valid": True, "k": False, "fbs": False}
+
+
+def test_measured_plan_times_at_the_thread_count_it_is_asked_for(monkeypatch):
+    # Stand-in clock: the custom op wins at 1 thread, the builtin form (XNNPACK on
+    # both cores) at 2; each runner is created at the count asked for.
+    seen = set()
+
+    def timer(path, custom_ops=False, num_threads=1):
+        seen.add(num_threads)
+        kernel = "_kernel." in path
+        return lambda x, runs: (0.5 if kernel else 1.0) * (num_threads if kernel else 1)
+
+    monkeypatch.setattr(layer_choice, "_timer", timer)
+    model = _direct_model()
+    x = _images(model)
+    assert layer_choice.measured_plan(model, "kernels", x, samples=1, runs=1) == {
+        name: False for name in DYNAMIC}
+    assert seen == {1}
+    assert layer_choice.measured_plan(model, "kernels", x, samples=1, runs=1,
+                                      num_threads=2) == {name: True for name in DYNAMIC}
+    assert seen == {1, 2}
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=f"num_threads={bad!r}"):
+            layer_choice.measure_forms(model, "kernels", x, num_threads=bad)
 
 
 @pytest.mark.parametrize("kind", ["portable", "kernels"])
