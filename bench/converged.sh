@@ -23,22 +23,22 @@ finetune=(--pretrained="$backbone" --warmup_epochs=2 --finetune_epochs=20
 
 declare -A runs=(
   [dense]="--mode=dense --backbone_epochs=160 --backbone_lr=0.2 --weight_decay=5e-3 --lr_warmup_epochs=3 --save_pretrained=resnet20_cifar10"
-  [sanp_0.5]="--mode=sanp --budget=0.5 --gate_start=open --save_pretrained=resnet20_cifar10_sanp_0.5"
-  [sanp_0.33]="--mode=sanp --budget=0.33 --gate_start=open --save_pretrained=resnet20_cifar10_sanp_0.33"
-  [sanp_start_0.5]="--mode=sanp --budget=0.5 --gate_start=budget"
-  [sanp_start_0.33]="--mode=sanp --budget=0.33 --gate_start=budget"
+  [sanp_0.5]="--mode=sanp --budget=0.5 --gate_start=open --gate_order=random --save_pretrained=resnet20_cifar10_sanp_0.5"
+  [sanp_0.33]="--mode=sanp --budget=0.33 --gate_start=open --gate_order=random --save_pretrained=resnet20_cifar10_sanp_0.33"
+  [sanp_start_0.5]="--mode=sanp --budget=0.5 --gate_start=budget --gate_order=bn_scale"
+  [sanp_start_0.33]="--mode=sanp --budget=0.33 --gate_start=budget --gate_order=bn_scale"
   [fixed_k_0.5]="--mode=fixed_k --budget=0.5"
   [fixed_k_0.33]="--mode=fixed_k --budget=0.33"
-  [sanp_kd_0.5]="--mode=sanp --budget=0.5 --gate_start=open --distill=0.7"
-  [sanp_kd_0.33]="--mode=sanp --budget=0.33 --gate_start=open --distill=0.7"
+  [sanp_kd_0.5]="--mode=sanp --budget=0.5 --gate_start=budget --gate_order=bn_scale --distill=0.7"
+  [sanp_kd_0.33]="--mode=sanp --budget=0.33 --gate_start=budget --gate_order=bn_scale --distill=0.7"
   [slimming_0.5]="--mode=slimming --budget=0.5"
   [slimming_0.33]="--mode=slimming --budget=0.33"
   [static_0.5]="--mode=static --budget=0.5"
   [fbs_0.5]="--mode=fbs --budget=0.5"
   [thin_0.5]="--mode=thin --budget=0.5 --backbone_epochs=160 --backbone_lr=0.2 --weight_decay=5e-3 --lr_warmup_epochs=3"
 )
-order=(dense sanp_0.33 fixed_k_0.33 sanp_0.5 fixed_k_0.5 slimming_0.5 slimming_0.33
-       sanp_start_0.5 sanp_start_0.33 sanp_kd_0.5 sanp_kd_0.33 static_0.5 fbs_0.5 thin_0.5)
+order=(dense sanp_0.5 sanp_0.33 slimming_0.5 sanp_start_0.5 sanp_kd_0.5 sanp_start_0.33
+       sanp_kd_0.33 slimming_0.33 fixed_k_0.5 fixed_k_0.33 static_0.5 fbs_0.5 thin_0.5)
 selected=("${@:-${order[@]}}")
 
 for run in "${selected[@]}"; do

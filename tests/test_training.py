@@ -248,6 +248,29 @@ def test_start_at_keep_ratio_shifts_each_layer_to_keep_k_of_its_channels():
         training.start_at_keep_ratio(gated, 1.5, x)
 
 
+@pytest.mark.parametrize("mode", ["sanp", "static", "fixed_k"])
+def test_order_gates_deals_the_starting_scores_by_batch_norm_scale(mode):
+    gated = sk.convert(sk.models.create_model("resnet20", gated=False), mode=mode, seed=3)
+    rng = np.random.default_rng(0)
+    gammas = {}
+    for layer in flops.gated_layers(gated):
+        gammas[layer.name] = rng.normal(0, 1, layer.filters).astype("float32")  # signs too
+        layer.bn.gamma.assign(gammas[layer.name])
+    drawn = {g.name: g.gate.excite_bias.numpy().copy() for g in flops.gated_layers(gated)}
+    assert training.order_gates(gated, "random") == 0
+    for layer in flops.gated_layers(gated):  # "random": the gates as drawn
+        np.testing.assert_array_equal(layer.gate.excite_bias.numpy(), drawn[layer.name])
+    assert training.order_gates(gated) == len(flops.gated_layers(gated)) == 19
+    for layer in flops.gated_layers(gated):
+        bias, importance = layer.gate.excite_bias.numpy(), np.abs(gammas[layer.name])
+        # the same order as |gamma|, spread evenly over bias_init +- bias_spread = [2, 4]
+        np.testing.assert_array_equal(np.argsort(bias), np.argsort(importance))
+        np.testing.assert_allclose(np.sort(bias), np.linspace(2.0, 4.0, layer.filters),
+                                   atol=1e-6)
+    with pytest.raises(ValueError, match="order='l1'"):
+        training.order_gates(gated, "l1")
+
+
 @pytest.mark.parametrize("kill_after_epoch", [1])
 def test_kill_9_then_rerun_resumes(tmp_path, kill_after_epoch):
     out = tmp_path / "run"
