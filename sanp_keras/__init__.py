@@ -11,6 +11,7 @@ from sanp_keras import flops as flops
 from sanp_keras import models as models
 from sanp_keras import slimming as slimming
 from sanp_keras import thinning as thinning
+from sanp_keras import training as training
 from sanp_keras.callbacks import BudgetCallback as BudgetCallback
 from sanp_keras.convert import convert as convert
 from sanp_keras.convert import strip as strip
@@ -37,4 +38,5 @@ __all__ = [
     "slimming",
     "strip",
     "thinning",
+    "training",
 ]
