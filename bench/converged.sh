@@ -11,9 +11,22 @@
 # Logs: runs/converged/<run>.log. After each run, commit what a later step needs:
 # checkpoints/converged/<run>/{model.keras,report.json} (restored from there on a fresh
 # machine), and the shipped models its --save_pretrained wrote to sanp_keras/pretrained/.
+# A run the session cannot finish: `bash bench/converged.sh --snapshot <run>` writes
+# each of its stages' last epoch to checkpoints/converged/<run>/resume/ (without the
+# optimizer's momentum, training.snapshot_stage); commit that folder, and this script
+# resumes the run from it on any machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checkout, whatever is installed
+if [ "${1:-}" = --snapshot ]; then
+  run=${2:?"usage: bash bench/converged.sh --snapshot <run>"}
+  for stage in runs/converged/"$run"/*/; do
+    [ -e "$stage/state.json" ] || continue
+    dest="checkpoints/converged/$run/resume/$(basename "$stage")"
+    python -c "import sys; from sanp_keras import training; print(training.snapshot_stage(sys.argv[1], sys.argv[2]))" "$stage" "$dest"
+  done
+  exit 0
+fi
 data=../shared/data/cifar10
 out=runs/converged
 backbone="$out/dense/model.keras"
@@ -60,6 +73,16 @@ for run in "${selected[@]}"; do
     echo "[$run] done: $dir/report/report.json"
     continue
   fi
+  # An unfinished run committed as resume points (checkpoints/converged/<run>/resume/
+  # <stage>/, training.snapshot_stage) goes on from them on a fresh machine.
+  for stage in "$saved"/resume/*/; do
+    stage=$(basename "$stage")
+    if [ -e "$saved/resume/$stage/state.json" ] && [ ! -e "$dir/$stage/state.json" ]; then
+      mkdir -p "$dir"
+      cp -r "$saved/resume/$stage" "$dir/$stage"
+      echo "[$run] $stage restored from $saved/resume/$stage"
+    fi
+  done
   # A run that ships its model (--save_pretrained) is done once the model is shipped:
   # its weights, command and figures are in sanp_keras/pretrained/<name>.json.
   shipped=$(grep -o -- '--save_pretrained=[^ ]*' <<< "${runs[$run]}" | cut -d= -f2 || true)
