@@ -235,7 +235,8 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         backbone_lr=0.1, warmup_lr=0.01, finetune_lr=0.01, batch_size=128, clipnorm=None,
         weight_decay=5e-4, lr_warmup_epochs=0, distill=0.0, distill_temperature=4.0,
         gate_noise=1.0, discrete_fraction=0.5, gate_rescale="sigmoid",
-        cost_floor=0.0, gate_gradient="all", gate_start="budget", gate_order="bn_scale", calibration_images=1000,
+        cost_floor=0.0, gate_gradient="all", gate_start="budget", gate_order="bn_scale",
+        calibration_images=1000,
         train_subset=None, test_subset=None, output_dir="runs/default", seed=0, verbose=None, command=None,
         export_kind="portable", save_pretrained=None):
     """Trains, prunes, evaluates and exports; returns the evaluation result (a dict)."""
@@ -456,8 +457,8 @@ def main(argv):
         "backbone_epochs", "warmup_epochs", "finetune_epochs", "backbone_lr", "warmup_lr",
         "finetune_lr", "batch_size", "clipnorm", "weight_decay", "lr_warmup_epochs",
         "distill", "distill_temperature", "gate_noise", "discrete_fraction", "gate_rescale",
-        "cost_floor", "gate_gradient", "gate_start", "gate_order", "calibration_images", "train_subset",
-        "test_subset", "output_dir", "seed")},
+        "cost_floor", "gate_gradient", "gate_start", "gate_order", "calibration_images",
+        "train_subset", "test_subset", "output_dir", "seed")},
         command="python " + " ".join(sys.argv), export_kind=FLAGS.export,
         save_pretrained=FLAGS.save_pretrained)
 
