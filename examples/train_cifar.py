@@ -156,10 +156,14 @@ flags.DEFINE_float("cost_floor", 0.0,
                    "sanp / static: fraction of every layer's channels (its highest scoring "
                    "ones) the cost loss never pushes to close, so that the controller "
                    "cannot empty a layer (0: the paper). Training only.")
-flags.DEFINE_enum("gate_start", "budget", ["open", "budget"],
+flags.DEFINE_enum("gate_start", "budget", ["open", "budget", "slimming"],
                   "sanp / static: start the fine-tune at the budget (the default: each "
                   "layer's gates shifted to keep FIXED-K's k of its channels, then one "
-                  "global shift onto the budget, training.start_at_keep_ratio) or with "
+                  "global shift onto the budget, training.start_at_keep_ratio), at the "
+                  "budget with Network Slimming's allocation (slimming: the blocks' "
+                  "inner convs keep the channels over one global |gamma| threshold of "
+                  "the backbone, the other layers open; uneven, so that the pruned "
+                  "layers are sparse enough to run faster, slimming.allocation) or with "
                   "every channel open (the paper), which a short run cannot close in "
                   "time (bench/README.md).")
 flags.DEFINE_enum("gate_order", "bn_scale", list(training.GATE_ORDERS),
@@ -362,6 +366,17 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
                 print(f"Starting at the budget: every layer keeps about {ratio:.3f} of its "
                       f"channels ({before:.3f} of the dense MACs), then a global shift "
                       f"{shift:+.3f}: {after:.3f}, on the held-out images.")
+            elif gate_start == "slimming" and mode in ("sanp", "static"):
+                ratios = slimming.allocation(plain, budget, reference_macs)
+                training.start_at_keep_ratio(warm, ratios, calibration)
+                shift, before, after = training.land_on_budget(  # the allocated layers
+                    warm, budget - LANDING_MARGIN, calibration, tolerance=LANDING_BAND,
+                    layers=list(ratios))
+                kept = ", ".join(f"{name.removesuffix('.conv')} {ratio:.2f}"
+                                 for name, ratio in ratios.items())
+                print(f"Starting at the budget with Network Slimming's allocation ({kept}; "
+                      f"the other layers open): {before:.3f} of the dense MACs, then "
+                      f"their threshold {shift:+.3f}: {after:.3f}, on the held-out images.")
             return warm
 
         # 4. Fine-tune everything to the budget.

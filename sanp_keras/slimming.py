@@ -109,6 +109,21 @@ def global_threshold(model, budget, reference_macs=None):
     return float(candidates[low]), keep, fits
 
 
+def allocation(model, budget, reference_macs=None):
+    """The fraction of each prunable conv's channels Network Slimming keeps at `budget`.
+
+    Dict conv name -> kept / filters, from `global_threshold` (one `|gamma|` threshold
+    over all prunable convs, paper section 3.3). Layers it does not name keep all their
+    channels. For a SANP model converted from `model` (its gated layers keep the convs'
+    names), `training.start_at_keep_ratio(gated, allocation(model, budget), images)`
+    starts the gates where Network Slimming would prune: an uneven allocation, the
+    residual stream whole (`train_cifar --gate_start=slimming`).
+    """
+    _, keep, _ = global_threshold(model, budget, reference_macs)
+    scales = bn_scales(model)
+    return {name: index.size / scales[name].size for name, index in keep.items()}
+
+
 def slim(model, budget, reference_macs=None):
     """Prunes a plain model with one global BN-scale threshold to `budget` of its MACs.
 

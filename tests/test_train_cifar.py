@@ -89,6 +89,35 @@ def test_other_modes_train_from_the_backbone_and_report(mode, backbone, tmp_path
         assert sk.flops.dense_macs(model) == result["mean_macs"]
 
 
+def test_slimming_start_prunes_the_inner_convs_unevenly_and_leaves_the_stream(tmp_path):
+    import keras
+
+    import sanp_keras as sk
+    from sanp_keras import slimming
+    from tests import oracle
+
+    plain = oracle.randomize_batch_norm(sk.models.create_model("resnet20", gated=False), 3)
+    path = str(tmp_path / "backbone.keras")
+    plain.save(path)
+    result = _example().run(
+        mode="sanp", gate_start="slimming", pretrained=path, train_subset=64,
+        test_subset=32, batch_size=32, warmup_epochs=1, finetune_epochs=1,
+        finetune_lr=1e-4, budget=0.5, output_dir=str(tmp_path / "run"), verbose=0,
+        command="test",
+    )
+    assert result["flops_ratio"] <= 0.52
+    # The inner convs keep about Network Slimming's fractions; the stream and the stem
+    # stay open (a fine-tune of one epoch at lr 1e-4 moves little).
+    allocation = slimming.allocation(plain, 0.5)
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    measured = sk.flops.measure(model, oracle.images(32, 0, size=32))["per_layer"]
+    for layer in sk.flops.gated_layers(model):
+        ratio = measured[layer.name]["active_ratio"]
+        expected = allocation.get(layer.name, 1.0)
+        assert abs(ratio - expected) <= 2.5 / layer.filters, (layer.name, ratio, expected)
+    assert len(set(allocation.values())) > 3  # one fraction per layer, not one k for all
+
+
 def test_bad_mode_and_missing_data_fail_clearly(tmp_path):
     example = _example()
     from sanp_keras import datasets

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import sanp_keras as sk
 from sanp_keras import flops
+from sanp_keras import slimming
 from sanp_keras import training
 from tests import oracle
 from tests.callbacks.test_budget import _data
@@ -182,6 +183,7 @@ def test_land_on_budget_raises_one_threshold_to_the_budget(mode, tmp_path):
     assert before > 0.45  # over the budget
     scores = [g.gate.static_scores().numpy() if mode == "static" else None
               for g in flops.gated_layers(gated)]
+    bias = [g.gate.excite_bias.numpy().copy() for g in flops.gated_layers(gated)]
     delta, measured_before, after = training.land_on_budget(gated, 0.35, x)
     assert delta > 0 and abs(measured_before - before) < 1e-9
     assert 0.34 < after <= 0.35
@@ -189,10 +191,37 @@ def test_land_on_budget_raises_one_threshold_to_the_budget(mode, tmp_path):
     gated.save(tmp_path / "landed.keras")
     loaded = keras.models.load_model(tmp_path / "landed.keras")
     assert abs(flops.measure(loaded, x)["flops_ratio"] - after) < 1e-9
-    if mode == "static":  # one threshold: every score moved by the same delta
-        for layer, old in zip(flops.gated_layers(loaded), scores):
-            np.testing.assert_allclose(layer.gate.static_scores().numpy(), old - delta,
-                                       atol=1e-5)
+    # One threshold: the channels whose bias lies under it moved down by delta, just
+    # under it; the others, and so their scale sigmoid(g), as they were.
+    for layer, old, score in zip(flops.gated_layers(loaded), bias, scores):
+        closed = old < delta
+        new = layer.gate.excite_bias.numpy()
+        np.testing.assert_allclose(new[closed], old[closed] - delta, atol=1e-6)
+        np.testing.assert_array_equal(new[~closed], old[~closed])
+        if mode == "static":
+            np.testing.assert_allclose(layer.gate.static_scores().numpy(),
+                                       np.where(closed, score - delta, score), atol=1e-5)
+    assert 0 < np.mean(np.concatenate(bias) < delta) < 0.9
+
+
+def test_land_on_budget_moves_only_the_layers_named():
+    gated = sk.convert(sk.models.create_model("resnet20", gated=False), mode="sanp")
+    _random_gates(gated, 0, 2.0)
+    x = oracle.images(16, 0, size=32)
+    names = [g.name for g in flops.gated_layers(gated) if g.name.endswith("conv1.conv")]
+    bias = {g.name: g.gate.excite_bias.numpy().copy() for g in flops.gated_layers(gated)}
+    delta, before, after = training.land_on_budget(gated, 0.4, x, layers=names)
+    assert delta > 0 and before > 0.45 and 0.39 <= after <= 0.4
+    measured = flops.measure(gated, x)
+    assert abs(measured["flops_ratio"] - after) < 1e-9
+    for layer in flops.gated_layers(gated):
+        new = layer.gate.excite_bias.numpy()
+        if layer.name in names:
+            assert np.any(new != bias[layer.name])
+        else:
+            np.testing.assert_array_equal(new, bias[layer.name])
+    with pytest.raises(ValueError, match=r"\['stem.bn'\] are not sanp or static"):
+        training.land_on_budget(gated, 0.4, x, layers=["stem.bn"])
 
 
 def test_land_on_budget_reopens_a_model_under_the_band_and_rejects_the_impossible():
@@ -246,6 +275,37 @@ def test_start_at_keep_ratio_shifts_each_layer_to_keep_k_of_its_channels():
         training.start_at_keep_ratio(sk.convert(plain, mode="fixed_k"), 0.5, x)
     with pytest.raises(ValueError, match="keep_ratio=1.5"):
         training.start_at_keep_ratio(gated, 1.5, x)
+
+
+def test_start_at_slimming_allocation_keeps_slimming_channels_and_the_stream_open():
+    plain = oracle.randomize_batch_norm(sk.models.create_model("resnet20", gated=False), 3)
+    ratios = slimming.allocation(plain, 0.5)
+    _, info = slimming.slim(plain, 0.5)  # the reference: the channels it removes
+    assert {name: round(r * slimming.bn_scales(plain)[name].size) for name, r in
+            ratios.items()} == info["kept"]
+    assert len(set(np.round(list(ratios.values()), 2))) > 3  # uneven, not one k for all
+    gated = sk.convert(plain, mode="sanp", seed=1)
+    assert training.order_gates(gated) == 19
+    x = oracle.images(16, 0, size=32)
+    bias = {g.name: g.gate.excite_bias.numpy().copy() for g in flops.gated_layers(gated)}
+    result = training.start_at_keep_ratio(gated, ratios, x)
+    assert set(result) == set(ratios)  # the blocks' inner convs only
+    decisions, _ = flops.collect_decisions(gated, x)
+    kept = slimming.global_threshold(plain, 0.5)[1]
+    for layer in flops.gated_layers(gated):
+        if layer.name not in ratios:  # the residual stream and stem: as they were, open
+            np.testing.assert_array_equal(layer.gate.excite_bias.numpy(), bias[layer.name])
+            assert np.mean(decisions[layer.name]) == 1.0
+            continue
+        assert abs(result[layer.name][1] - ratios[layer.name]) <= 1.5 / layer.filters
+        # the channels open in most samples are Network Slimming's, to a channel or so
+        opened = set(np.flatnonzero(np.mean(decisions[layer.name], axis=0) > 0.5))
+        assert len(opened ^ set(kept[layer.name])) <= 2, layer.name
+    with pytest.raises(ValueError, match=r"\['stem.bn'\] are not sanp or static"):
+        training.start_at_keep_ratio(gated, {"stem.bn": 0.5}, x)
+    name = next(iter(ratios))
+    with pytest.raises(ValueError, match=r"keep_ratio\['.*'\]=-0.5"):
+        training.start_at_keep_ratio(gated, {name: -0.5}, x)
 
 
 @pytest.mark.parametrize("mode", ["sanp", "static", "fixed_k"])
