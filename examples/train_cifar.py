@@ -364,7 +364,7 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
                 shift, before, after = training.land_on_budget(
                     warm, budget - LANDING_MARGIN, calibration, tolerance=LANDING_BAND)
                 print(f"Starting at the budget: every layer keeps about {ratio:.3f} of its "
-                      f"channels ({before:.3f} of the dense MACs), then a global shift "
+                      f"channels ({before:.3f} of the dense MACs), then one global threshold "
                       f"{shift:+.3f}: {after:.3f}, on the held-out images.")
             elif gate_start == "slimming" and mode in ("sanp", "static"):
                 ratios = slimming.allocation(plain, budget, reference_macs)

@@ -254,7 +254,8 @@ def order_gates(model, order="bn_scale"):
     nothing about the channels. Whatever closes channels first (the controller in the
     paper's recipe, `start_at_keep_ratio`, FIXED-K's top k) closes the lowest `c2`
     first, and a warm-up of a few hundred steps at a small learning rate moves them
-    little: with the random draw, the channels closed first are random ones. With `order="bn_scale"` the same values are dealt out by `|gamma|` of the
+    little: with the random draw, the channels closed first are random ones. With
+    `order="bn_scale"` the same values are dealt out by `|gamma|` of the
     layer's batch norm (Network Slimming's channel importance, Liu et al. 2017):
     channel c gets `bias_init + bias_spread * (2 r_c - 1)`, `r_c` the rank of
     `|gamma_c|` in the layer scaled to [0, 1], so that the least important channels
