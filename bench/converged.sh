@@ -45,6 +45,7 @@ declare -A runs=(
   [sanp_kd_0.5]="--mode=sanp --budget=0.5 --gate_start=budget --gate_order=bn_scale --distill=0.7"
   [sanp_kd_0.33]="--mode=sanp --budget=0.33 --gate_start=budget --gate_order=bn_scale --distill=0.7"
   [sanp_kd_slimstart_0.5]="--mode=sanp --budget=0.5 --gate_start=slimming --gate_order=bn_scale --distill=0.7"
+  [sanp_kd_slimstart_0.33]="--mode=sanp --budget=0.33 --gate_start=slimming --gate_order=bn_scale --distill=0.7"
   [slimming_0.5]="--mode=slimming --budget=0.5"
   [slimming_0.33]="--mode=slimming --budget=0.33"
   [static_0.5]="--mode=static --budget=0.5"
@@ -52,7 +53,8 @@ declare -A runs=(
   [thin_0.5]="--mode=thin --budget=0.5 --backbone_epochs=160 --backbone_lr=0.2 --weight_decay=5e-3 --lr_warmup_epochs=3"
 )
 order=(dense sanp_0.5 sanp_0.33 slimming_0.5 sanp_start_0.5 sanp_kd_0.5 sanp_start_0.33
-       sanp_kd_0.33 sanp_kd_slimstart_0.5 slimming_0.33 fixed_k_0.5 fixed_k_0.33 static_0.5 fbs_0.5 thin_0.5)
+       sanp_kd_0.33 sanp_kd_slimstart_0.5 slimming_0.33 sanp_kd_slimstart_0.33
+       fixed_k_0.5 fixed_k_0.33 static_0.5 fbs_0.5 thin_0.5)
 selected=("${@:-${order[@]}}")
 
 for run in "${selected[@]}"; do
