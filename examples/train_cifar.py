@@ -159,13 +159,12 @@ flags.DEFINE_float("cost_floor", 0.0,
 flags.DEFINE_enum("gate_start", "budget", ["open", "budget", "slimming"],
                   "sanp / static: start the fine-tune at the budget (the default: each "
                   "layer's gates shifted to keep FIXED-K's k of its channels, then one "
-                  "global shift onto the budget, training.start_at_keep_ratio), at the "
+                  "global threshold onto the budget, training.start_at_keep_ratio), at the "
                   "budget with Network Slimming's allocation (slimming: the blocks' "
                   "inner convs keep the channels over one global |gamma| threshold of "
-                  "the backbone, the other layers open; uneven, so that the pruned "
-                  "layers are sparse enough to run faster, slimming.allocation) or with "
-                  "every channel open (the paper), which a short run cannot close in "
-                  "time (bench/README.md).")
+                  "the backbone, the other layers open: uneven, slimming.allocation) or "
+                  "with every channel open (the paper), which a short run cannot close "
+                  "in time (bench/README.md).")
 flags.DEFINE_enum("gate_order", "bn_scale", list(training.GATE_ORDERS),
                   "sanp / static / fixed_k: the order of the gates' starting scores, which "
                   "decides the channels closed first: by each channel's batch-norm scale "
@@ -358,25 +357,22 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
                 ratio, cost = training.calibrate_keep_ratio(warm, budget, calibration)
                 print(f"{mode} keeps {ratio:.3f} of every layer's channels after warm-up "
                       f"(measured cost {cost:.3f} of dense).")
-            elif gate_start == "budget" and mode in ("sanp", "static"):
-                ratio = training.fixed_k_keep_ratio(warm, budget)
-                training.start_at_keep_ratio(warm, ratio, calibration)
-                shift, before, after = training.land_on_budget(
-                    warm, budget - LANDING_MARGIN, calibration, tolerance=LANDING_BAND)
-                print(f"Starting at the budget: every layer keeps about {ratio:.3f} of its "
-                      f"channels ({before:.3f} of the dense MACs), then one global threshold "
-                      f"{shift:+.3f}: {after:.3f}, on the held-out images.")
-            elif gate_start == "slimming" and mode in ("sanp", "static"):
-                ratios = slimming.allocation(plain, budget, reference_macs)
+            elif gate_start in ("budget", "slimming") and mode in ("sanp", "static"):
+                if gate_start == "budget":  # one fraction for every layer, all landed
+                    ratios, landed = training.fixed_k_keep_ratio(warm, budget), None
+                    how = f"every layer keeps about {ratios:.3f} of its channels"
+                else:  # a fraction per inner conv; the landing keeps the others open
+                    ratios = slimming.allocation(plain, budget, reference_macs)
+                    landed = list(ratios)
+                    how = "Network Slimming's allocation (" + ", ".join(
+                        f"{name.removesuffix('.conv')} {ratio:.2f}"
+                        for name, ratio in ratios.items()) + "; the other layers open)"
                 training.start_at_keep_ratio(warm, ratios, calibration)
-                shift, before, after = training.land_on_budget(  # the allocated layers
+                shift, before, after = training.land_on_budget(
                     warm, budget - LANDING_MARGIN, calibration, tolerance=LANDING_BAND,
-                    layers=list(ratios))
-                kept = ", ".join(f"{name.removesuffix('.conv')} {ratio:.2f}"
-                                 for name, ratio in ratios.items())
-                print(f"Starting at the budget with Network Slimming's allocation ({kept}; "
-                      f"the other layers open): {before:.3f} of the dense MACs, then "
-                      f"their threshold {shift:+.3f}: {after:.3f}, on the held-out images.")
+                    layers=landed)
+                print(f"Starting at the budget, {how}: {before:.3f} of the dense MACs, "
+                      f"then a threshold {shift:+.3f}: {after:.3f}, on the held-out images.")
             return warm
 
         # 4. Fine-tune everything to the budget.

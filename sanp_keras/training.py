@@ -285,6 +285,13 @@ def order_gates(model, order="bn_scale"):
     return ranked
 
 
+def _close_under(bias, delta):
+    """A gate's biases `c2` (units,) with the channels under `delta > 0` moved down by
+    `delta`, just under the threshold, the others as they are; `delta <= 0`: every
+    bias raised by `-delta` (the nearest to opening open first)."""
+    return np.where((bias < delta) | (delta < 0), bias - delta, bias)
+
+
 def _shiftable_gates(model, argument=None, names=None):
     """The `"sanp"` / `"static"` gated layers of `model` (those named in `names`, where
     given, checked against them: `argument` is the caller's argument they came in)."""
@@ -347,12 +354,9 @@ def start_at_keep_ratio(model, keep_ratio, images, steps=16):
     low = {g.name: -16.0 for g in layers}  # delta_l: open fraction >= keep_ratio
     high = {g.name: 16.0 for g in layers}  # ... and <= keep_ratio
 
-    def shifted(bias, delta):  # (units,): the channels under delta closed, or all raised
-        return np.where((bias < delta) | (delta < 0), bias - delta, bias)
-
     def open_fractions(deltas):
         for g in layers:
-            g.gate.excite_bias.assign(shifted(original[g.name], deltas[g.name]))
+            g.gate.excite_bias.assign(_close_under(original[g.name], deltas[g.name]))
         decisions, _ = flops.collect_decisions(model, images, run=run)
         return {g.name: float(np.mean(decisions[g.name])) for g in layers}
 
@@ -425,7 +429,7 @@ def land_on_budget(model, budget, images, tolerance=0.01, steps=20, layers=None)
 
     def cost(delta):
         for gate, bias in zip(gates, original):
-            gate.excite_bias.assign(np.where((bias < delta) | (delta < 0), bias - delta, bias))
+            gate.excite_bias.assign(_close_under(bias, delta))
         tried[delta] = mean_macs(images) / dense
         return tried[delta]
 
