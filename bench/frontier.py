@@ -20,6 +20,12 @@ figure is measured here, on these weights:
   LiteRT runtime (CompiledModel, XNNPACK), median of `--runs`, at each of `--threads`,
   on test image 0.
 
+`--drop_closed=label,...` measures those gated models without the channels their
+gates close for every one of `--drop_closed_images` training images
+(`sanp_keras.thinning.drop_closed_channels`: smaller convolutions, the rest gated as
+before; the same outputs wherever those channels stay closed): list a model twice,
+under two labels, to see both.
+
 Writes `<output>.json`, `<output>.md` and `<output>.png` (error against latency at the
 first of `--threads`). Pause any trainer on the machine while it times.
 """
@@ -37,6 +43,7 @@ import sanp_keras as sk  # noqa: E402
 from sanp_keras import datasets  # noqa: E402
 from sanp_keras import export  # noqa: E402
 from sanp_keras import report  # noqa: E402
+from sanp_keras import thinning  # noqa: E402
 from sanp_keras.export import layer_choice  # noqa: E402
 
 MODELS = flags.DEFINE_list("models", None, "label=source pairs; the first is the reference.")
@@ -47,6 +54,12 @@ RUNS = flags.DEFINE_integer("runs", 200, "Timed runs per model (median reported)
 WARMUP = flags.DEFINE_integer("warmup", 20, "Untimed runs first.")
 WORK_DIR = flags.DEFINE_string("work_dir", "runs/frontier", "Where the .tflite files go.")
 OUTPUT = flags.DEFINE_string("output", "bench/results/frontier", "Output path stem.")
+DROP_CLOSED = flags.DEFINE_list(
+    "drop_closed", [], "Labels of gated models measured without the channels their gates "
+    "close for every one of --drop_closed_images training images "
+    "(thinning.drop_closed_channels): a model of its own, error and cost measured on it.")
+DROP_CLOSED_IMAGES = flags.DEFINE_integer(
+    "drop_closed_images", 5000, "Training images --drop_closed finds the closed channels on.")
 
 
 def parse_models(pairs):
@@ -70,6 +83,15 @@ def parse_models(pairs):
     return models
 
 
+def check_drop_closed(models, labels):
+    """The labels of `--drop_closed`, each one of `models`' (a ValueError names others)."""
+    unknown = sorted(set(labels) - {label for label, _ in models})
+    if unknown:
+        raise ValueError(f"--drop_closed: {unknown} not among the labels of --models "
+                         f"{[label for label, _ in models]}.")
+    return set(labels)
+
+
 def load(source):
     if source in sk.models.list_pretrained():
         return sk.models.pretrained(source)
@@ -87,8 +109,10 @@ def export_fastest_form(model, path, images, num_threads):
                                 batch_size=1, layer_choice=plan), "kernels"
 
 
-def measure(models, data):
-    """One row per model: error, cost, export; then every file timed side by side."""
+def measure(models, data, drop_closed=()):
+    """One row per model: error, cost, export; then every file timed side by side.
+    The models labelled in `drop_closed` lose the channels closed on the training
+    images first (`thinning.drop_closed_channels`)."""
     test = datasets.pipeline(data.test, 256, training=False)
     calibration = datasets.normalized(data.test, 256)
     os.makedirs(WORK_DIR.value, exist_ok=True)
@@ -98,6 +122,11 @@ def measure(models, data):
         model = load(source)
         if reference_macs is None:
             reference_macs = sk.flops.dense_macs(model)
+        dropped = None
+        if label in drop_closed:
+            model, dropped = thinning.drop_closed_channels(
+                model, datasets.normalized(data.train, DROP_CLOSED_IMAGES.value))
+            print(f"[frontier] {label}: closed channels removed, kept {dropped}", flush=True)
         result = report.evaluate(model, test, name=label, reference_macs=reference_macs)
         for t in threads:
             path, kind = export_fastest_form(
@@ -111,6 +140,9 @@ def measure(models, data):
                      "timed_image_macs": float(sk.flops.measure(model, calibration[:1])
                                                ["mean_macs"]),
                      "latency_ms": {}})
+        if dropped is not None:
+            rows[-1]["closed_channels_removed"] = {
+                "images": DROP_CLOSED_IMAGES.value, "kept": dropped}
         print(f"[frontier] {label}: {100 * result['top1_error']:.2f} % error, cost "
               f"{result['flops_ratio']:.3f}, exported as {kind}", flush=True)
     for threads in threads:
@@ -140,6 +172,14 @@ def markdown(rows, description):
         lines.append(f"| {r['label']} | {100 * r['top1_error']:.2f} % | {r['flops_ratio']:.3f} "
                      f"| {r['export']} | {cells} |")
     lines += ["", "Sources: " + ", ".join(f"{r['label']} `{r['source']}`" for r in rows), ""]
+    for r in rows:
+        if "closed_channels_removed" in r:
+            removed = r["closed_channels_removed"]
+            lines += [f"{r['label']}: `{r['source']}` without the channels its gates closed "
+                      f"for every one of {removed['images']} training images "
+                      "(`thinning.drop_closed_channels`; kept / filters: " + ", ".join(
+                          f"{name.removesuffix('.conv')} {kept}/{filters}"
+                          for name, (kept, filters) in removed["kept"].items()) + ").", ""]
     return "\n".join(lines)
 
 
@@ -171,8 +211,9 @@ def plot(rows, path):
 def main(argv):
     del argv
     models = parse_models(MODELS.value)
+    drop_closed = check_drop_closed(models, DROP_CLOSED.value)
     data = datasets.load(DATASET.value).subset(None, TEST_SUBSET.value)
-    rows = measure(models, data)
+    rows = measure(models, data, drop_closed)
     description = (f"Test images: {len(data.test)} of {data.description}. Machine: "
                    f"{os.cpu_count()} cores, shared: compare within this run only.")
     results.write(OUTPUT.value, {"results": rows, "runs": RUNS.value,

@@ -15,6 +15,12 @@ forms (over its open channels, or a dense convolution times its gates) and timed
 its calibration inputs, and the faster is kept (`--layer_choice=measured`, about a
 second per layer; `threshold` decides by the share of MACs each layer keeps).
 
+`--drop_closed_images=N` first removes the channels the model's gates close for every
+one of N training images (`sanp_keras.thinning.drop_closed_channels`: smaller
+convolutions, the rest gated as before, the same outputs wherever those channels stay
+closed) and prints how often the thinner model agrees with the trained one on the
+check images: a trained SANP model that closes some channels for good exports faster.
+
 Then it runs `--check_images` test images through the exported file and Keras, and
 prints how many decisions and top-1 labels agree, the largest logit difference and
 the batch-1 latency next to the dense model's.
@@ -25,12 +31,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 import sanp_keras as sk  # noqa: E402
 from sanp_keras import datasets  # noqa: E402
 from sanp_keras import export  # noqa: E402
+from sanp_keras import thinning  # noqa: E402
 
 flags.DEFINE_string("model", "runs/default/model.keras", "A trained gated model (.keras).")
 flags.DEFINE_enum("kind", "portable", ["portable", "masked", "kernels"], "Export kind.")
@@ -45,20 +53,40 @@ flags.DEFINE_enum("layer_choice", "measured", ["measured", "threshold"],
                   "portable / kernels: per layer, the faster of the gathered (custom-op) form "
                   "and a dense convolution times the gates, timed here (about a second per "
                   "layer), or by the share of MACs the layer keeps (instant).")
+flags.DEFINE_integer("drop_closed_images", 0,
+                     "Remove first the channels closed for every one of this many training "
+                     "images (0: export the model as it is).")
 FLAGS = flags.FLAGS
 
 
 def run(model_path, kind="portable", output=None, dataset="embedded", data_dir=None,
-        calibration_images=256, check_images=200, threads=1, layer_choice="measured"):
+        calibration_images=256, check_images=200, threads=1, layer_choice="measured",
+        drop_closed_images=0):
     """Exports, checks and times; returns a dict of the figures."""
     if not os.path.exists(model_path):
         raise FileNotFoundError(
             f"No model at {model_path!r}: train one first (python examples/train_cifar.py).")
-    model = keras.models.load_model(model_path)
+    if drop_closed_images < 0:
+        raise ValueError("Invalid value for argument `drop_closed_images`: expected 0 (off) "
+                         f"or a number of training images. Received: {drop_closed_images}")
+    trained = model = keras.models.load_model(model_path)
     output = output or os.path.splitext(model_path)[0] + f"_{kind}.tflite"
-    images = datasets.normalized(datasets.load(dataset, data_dir).test,
-                                 max(calibration_images, check_images))
+    data = datasets.load(dataset, data_dir)
+    images = datasets.normalized(data.test, max(calibration_images, check_images))
     calibration = images[:calibration_images]
+    result = {"output": output, "kind": kind}
+    if drop_closed_images:
+        model, kept = thinning.drop_closed_channels(
+            trained, datasets.normalized(data.train, drop_closed_images))
+        agree = float(np.mean(np.argmax(model.predict(images, verbose=0), -1)
+                              == np.argmax(trained.predict(images, verbose=0), -1)))
+        result["closed_channels_removed"] = {"images": drop_closed_images, "kept": kept,
+                                             "top1_equal_to_trained": agree}
+        print(f"Removed the channels closed on {drop_closed_images} training images (kept / "
+              "filters: " + (", ".join(f"{name} {k}/{f}" for name, (k, f) in kept.items())
+                             or "none closed") +
+              f"); top-1 equal to the trained model on {100 * agree:.2f} % of "
+              f"{len(images)} test images.")
     if kind == "kernels":
         export.build_kernels()  # make -C tflite: nothing to do once built
     print(f"Exporting {model_path} as {kind} to {output} ...")
@@ -66,7 +94,6 @@ def run(model_path, kind="portable", output=None, dataset="embedded", data_dir=N
                          batch_size=None if kind == "masked" else 1,
                          layer_choice=layer_choice, verbose=True)
     print(f"Wrote {output} ({os.path.getsize(output) / 1e6:.1f} MB).")
-    result = {"output": output, "kind": kind}
     if check_images <= 0:
         return result
     test = images[:check_images]
@@ -74,7 +101,7 @@ def run(model_path, kind="portable", output=None, dataset="embedded", data_dir=N
     print(f"Check on {len(test)} images: {export.parity.summary(result)}.")
     if kind != "masked" and os.path.exists(export.runners.library_path()):
         dense_path = os.path.splitext(output)[0] + "_dense.tflite"
-        export.export_tflite(sk.strip(model), dense_path, "masked", batch_size=1)
+        export.export_tflite(sk.strip(trained), dense_path, "masked", batch_size=1)
         times = export.time_side_by_side({"dense": dense_path, kind: output}, test[:1],
                                          threads, runs=100)
         result["latency_ms"] = times
@@ -87,7 +114,8 @@ def run(model_path, kind="portable", output=None, dataset="embedded", data_dir=N
 def main(argv):
     del argv
     run(FLAGS.model, FLAGS.kind, FLAGS.output, FLAGS.dataset, FLAGS.data_dir,
-        FLAGS.calibration_images, FLAGS.check_images, FLAGS.threads, FLAGS.layer_choice)
+        FLAGS.calibration_images, FLAGS.check_images, FLAGS.threads, FLAGS.layer_choice,
+        FLAGS.drop_closed_images)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,12 @@ BatchNormalization pairs, as `sanp_keras.convert` takes) with fewer channels:
   `round(width * filters)` channels and fresh weights, the "thin dense" baseline;
   `width_for_budget` finds the width whose dense MACs meet a budget.
 
-Both are `keras.models.clone_model` with a `clone_function`, like `convert`.
+A trained SANP model often keeps some channels closed for every input (an allocation
+that is static in part); `drop_closed_channels(gated, images)` removes those from a
+gated model the same way, gates and all, so that its export computes smaller
+convolutions (what Network Slimming's model gets) and gates only what varies.
+
+All are `keras.models.clone_model` with a `clone_function`, like `convert`.
 """
 
 import keras
@@ -22,8 +27,13 @@ from sanp_keras import flops
 from sanp_keras import graph
 from sanp_keras.convert import _consumer_map
 from sanp_keras.convert import _is_channel_bn
+from sanp_keras.layers import SPMConv2D
 from sanp_keras.layers import _checks
 from sanp_keras.layers.zero_pad_shortcut import ZeroPadShortcut
+
+# Gate modes whose decision for a channel does not depend on how many channels the
+# layer has (fixed_k and fbs keep a number of channels per sample: k would change).
+THRESHOLD_MODES = ("sanp", "static")
 
 
 def conv_bn_pairs(model):
@@ -45,12 +55,13 @@ def _weightless_passthrough(layer):
 
 
 def _reaches_only_slicable(tensor, consumers):
-    """Whether every path from `tensor` ends in a Conv2D / Dense input (not an Add...)."""
+    """Whether every path from `tensor` ends in a Conv2D / SPMConv2D / Dense input (not
+    an Add, a concatenation or a depthwise convolution)."""
     for node in consumers.get(id(tensor), []):
         layer = node.operation
         if type(layer) is keras.layers.Conv2D and layer.groups == 1:
             continue
-        if type(layer) is keras.layers.Dense:
+        if type(layer) in (keras.layers.Dense, SPMConv2D):
             continue
         if _weightless_passthrough(layer) and _reaches_only_slicable(
             node.output_tensors[0], consumers
@@ -144,7 +155,11 @@ def _copy_sliced_weights(source, target, keep):
         in_index = index_of.get(id(inputs[0])) if inputs else None
         out_index = None
         weights = [w.numpy() for w in layer.weights]
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+        if isinstance(layer, SPMConv2D):
+            out_index = keep.get(layer.name)
+            weights = [_slice_gated_weight(layer, w, v, in_index, out_index)
+                       for w, v in zip(layer.weights, weights)]
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
             out_index = keep.get(layer.name)
             kernel = weights[0]
             if in_index is not None:
@@ -163,6 +178,27 @@ def _copy_sliced_weights(source, target, keep):
             index_of[id(t)] = out_index
         if weights:
             new_layers[layer.name].set_weights(weights)
+
+
+def _slice_gated_weight(layer, variable, value, in_index, out_index):
+    """One weight of an SPMConv2D sliced along its kept input / output channels."""
+    role = variable.path.split("/", 1)[1] if "/" in variable.path else variable.path
+    if role.endswith("conv/kernel"):  # (k, k, C_in, C_out)
+        if in_index is not None:
+            value = np.take(value, in_index, axis=-2)
+        return value if out_index is None else np.take(value, out_index, axis=-1)
+    if role.endswith(("gate/squeeze_kernel", "gate/static_input")) or (
+        layer.mode == "fbs" and role.endswith("gate/excite_kernel")  # (C_in, C_out)
+    ):
+        if in_index is not None:
+            value = np.take(value, in_index, axis=0)
+        if out_index is not None and role.endswith("excite_kernel"):
+            value = np.take(value, out_index, axis=-1)
+        return value
+    if role.endswith("gate/squeeze_bias") or value.ndim == 0:  # hidden units; scalars
+        return value
+    # conv/bias, bn/*, gate/excite_kernel, gate/excite_bias, active_rate: (..., C_out)
+    return value if out_index is None else np.take(value, out_index, axis=-1)
 
 
 def _scaled(filters, width):
@@ -207,3 +243,84 @@ def width_for_budget(model, budget):
         low, high = (mid, high) if ratio(mid) <= budget else (low, mid)
     width = max(low, 1e-3)
     return width, ratio(width)
+
+
+def sliceable_gated_layers(model):
+    """Names of the SPMConv2D layers whose output channels can be removed.
+
+    As for `prunable_convs`: the layer's output reaches only convolutions (plain or
+    gated) and dense layers through weightless per-channel layers. Its gate must
+    decide each channel by a threshold (`THRESHOLD_MODES`).
+    """
+    nodes = graph.model_nodes(model)
+    consumers = _consumer_map(nodes)
+    return [
+        node.operation.name
+        for node in nodes
+        if isinstance(node.operation, SPMConv2D)
+        and node.operation.mode in THRESHOLD_MODES
+        and consumers.get(id(node.output_tensors[0]))
+        and _reaches_only_slicable(node.output_tensors[0], consumers)
+    ]
+
+
+def drop_closed_channels(model, data, batch_size=256):
+    """The gated model without the channels its gates closed for every sample of `data`.
+
+    A channel whose gate is closed outputs exactly zero, so removing it (its slice of
+    the convolution, batch norm and gate, and the matching input slice of every
+    consumer's kernel and saliency branch, paper eq. 5) leaves the model's outputs
+    unchanged on every input that closes it: on `data` the returned model equals
+    `model` (to float rounding), decisions included. On an input that would have
+    opened a removed channel it computes the model with that channel closed. What
+    remains is gated as before, with smaller convolutions: a trained SANP network
+    whose allocation is static in part then exports like a slimmed one.
+
+    Only layers in `sliceable_gated_layers` lose channels (an output added to a
+    shortcut keeps its width), and each keeps at least the channels `data` opened
+    (never fewer than one). A consumer keeps its saliency branch's hidden width.
+
+    Args:
+        model: a gated model (`SPMConv2D` layers).
+        data: calibration images (N, H, W, C) or a tf.data.Dataset; the more
+            varied, the fewer inputs the thinner model treats differently.
+        batch_size: batch size of the pass over `data` (arrays).
+
+    Returns:
+        `(thin, kept)`: the new functional model and a dict layer name ->
+        `(kept, filters)` for every layer that lost channels.
+
+    Raises:
+        ValueError: if `model` has no gated layer whose channels can be removed.
+    """
+    sliceable = sliceable_gated_layers(model)
+    if not sliceable:
+        raise ValueError(
+            f"Model '{model.name}' has no SPMConv2D layer in mode {THRESHOLD_MODES} whose "
+            "output reaches only convolutions: no channel can be removed."
+        )
+    decisions, _ = flops.collect_decisions(model, data, batch_size=batch_size)
+    keep = {}
+    for name in sliceable:
+        index = np.flatnonzero(decisions[name].any(axis=0))
+        if 0 < index.size < decisions[name].shape[1]:
+            keep[name] = index
+    functional = graph.as_functional(model)
+    layers = {n.operation.name: n.operation for n in graph.model_nodes(functional)}
+    # A consumer of a thinned layer keeps its saliency branch's hidden width, which
+    # SaliencyGate derives from its input width.
+    hidden = {name: layer.gate.squeeze_kernel.shape[-1] for name, layer in layers.items()
+              if isinstance(layer, SPMConv2D) and hasattr(layer.gate, "squeeze_kernel")}
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name in keep:
+            config["filters"] = int(keep[layer.name].size)
+        if layer.name in hidden:
+            config["min_hidden"] = int(hidden[layer.name])
+        return layer.__class__.from_config(config)
+
+    thin = keras.models.clone_model(functional, clone_function=clone)
+    _copy_sliced_weights(functional, thin, keep)
+    return thin, {name: (int(index.size), layers[name].filters)
+                  for name, index in keep.items()}

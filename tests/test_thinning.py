@@ -1,5 +1,8 @@
 """Physically smaller models: channel slicing, uniform width, Network Slimming."""
 
+import os
+import tempfile
+
 import keras
 import numpy as np
 import pytest
@@ -105,3 +108,65 @@ def test_slimming_prunes_the_smallest_scales_to_the_budget(budget):
     assert not sum(slimmed.losses)  # the penalty is gone for fine-tuning
     with pytest.raises(ValueError, match="cannot meet budget=0.01"):
         slimming.slim(model, 0.01)
+
+
+def _gated_with_closed_channels(name, seed=0):
+    """A gated zoo model with random weights whose sliceable layers close a third of
+    their channels for every input (a constant negative score): the others vary."""
+    # reduction 4: a thinner input would give the saliency branch fewer hidden units
+    model = oracle.randomize_model(sk.models.create_model(name, gated=True, reduction=4), seed)
+    rng = np.random.RandomState(seed)
+    for layer_name in thinning.sliceable_gated_layers(model):
+        gate = model.get_layer(layer_name).gate
+        closed = rng.permutation(gate.units)[: gate.units // 3]
+        kernel, bias = gate.excite_kernel.numpy(), gate.excite_bias.numpy()
+        kernel[:, closed], bias[closed] = 0.0, -1.0  # g = -1 whatever the input
+        gate.excite_kernel.assign(kernel)
+        gate.excite_bias.assign(bias)
+    return model
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mcifarnet"])
+def test_dropping_closed_channels_keeps_the_outputs_on_the_calibration_images(name):
+    model = _gated_with_closed_channels(name)
+    x = oracle.images(16, 3, size=32)
+    before, _ = flops.collect_decisions(model, x)
+    thin, kept = thinning.drop_closed_channels(model, x)
+    after, _ = flops.collect_decisions(thin, x)
+    assert kept, "some layer should have lost channels"
+    for layer_name, (count, filters) in kept.items():
+        opened = np.flatnonzero(before[layer_name].any(axis=0))
+        assert (count, filters) == (opened.size, model.get_layer(layer_name).filters)
+        assert count <= filters - filters // 3
+        np.testing.assert_array_equal(after[layer_name], before[layer_name][:, opened])
+    for layer_name in before.keys() - kept.keys():  # unchanged widths, same decisions
+        np.testing.assert_array_equal(after[layer_name], before[layer_name])
+    expected = np.asarray(model(x))  # random weights: logits up to ~1e4
+    np.testing.assert_allclose(thin(x), expected, atol=1e-5 * np.abs(expected).max())
+    assert flops.dense_macs(thin) < flops.dense_macs(model)
+    # the mean cost counts the same open channels (each gate's own cost included)
+    ratio = flops.measure(thin, x)["mean_macs"] / flops.measure(model, x)["mean_macs"]
+    assert 0.97 < ratio <= 1.0
+
+
+def test_dropping_closed_channels_leaves_residual_outputs_and_saves():
+    model = _gated_with_closed_channels("resnet20")
+    assert sorted(thinning.sliceable_gated_layers(model)) == sorted(
+        f"stage{s}.block{b}.conv1.conv" for s in (1, 2, 3) for b in (1, 2, 3))
+    x = oracle.images(8, 4, size=32)
+    thin, _ = thinning.drop_closed_channels(model, x)
+    for layer in thin.layers:  # the stream (stem, conv2s) keeps its width
+        if isinstance(layer, sk.SPMConv2D) and not layer.name.endswith("conv1.conv"):
+            assert layer.filters == model.get_layer(layer.name).filters
+        if isinstance(layer, sk.SPMConv2D):  # saliency branches keep their hidden width
+            assert (layer.gate.squeeze_kernel.shape[-1]
+                    == model.get_layer(layer.name).gate.squeeze_kernel.shape[-1])
+    path = os.path.join(tempfile.mkdtemp(), "thin.keras")
+    thin.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path)(x), thin(x), atol=1e-6)
+
+
+def test_dropping_closed_channels_refuses_models_it_cannot_thin():
+    fixed_k = sk.models.create_model("resnet20", gated=True, mode="fixed_k")
+    with pytest.raises(ValueError, match=r"no SPMConv2D layer in mode \('sanp', 'static'\)"):
+        thinning.drop_closed_channels(fixed_k, oracle.images(2, 0, size=32))
