@@ -42,7 +42,7 @@ def run(data, output_dir, budgets, backbone_epochs, warmup_epochs, finetune_epoc
             pretrained=os.path.join(dense_dir, "model.keras"),
             warmup_epochs=warmup_epochs, finetune_epochs=finetune_epochs,
             output_dir=os.path.join(output_dir, f"sanp_{budget}"), command=command,
-            export_kind="none",
+            export_kind="none", distill=0.0, gate_start="open",  # its results' recipe
         ))
     for row in rows:
         row["budget_hit"] = abs(row["flops_ratio"] - row["budget"]) < tolerance

@@ -34,22 +34,24 @@ common=(--dataset="$data" --batch_size=256 --export=none)
 finetune=(--pretrained="$backbone" --warmup_epochs=2 --finetune_epochs=20
           --finetune_lr=0.01 --weight_decay=5e-4 --calibration_images=1000)
 
+# Every run names its recipe in full (the example's defaults distil and start at Network
+# Slimming's allocation since the runs without --distill were made: --distill=0 keeps them).
 declare -A runs=(
   [dense]="--mode=dense --backbone_epochs=160 --backbone_lr=0.2 --weight_decay=5e-3 --lr_warmup_epochs=3 --save_pretrained=resnet20_cifar10"
-  [sanp_0.5]="--mode=sanp --budget=0.5 --gate_start=open --gate_order=random --save_pretrained=resnet20_cifar10_sanp_0.5"
-  [sanp_0.33]="--mode=sanp --budget=0.33 --gate_start=open --gate_order=random --save_pretrained=resnet20_cifar10_sanp_0.33"
-  [sanp_start_0.5]="--mode=sanp --budget=0.5 --gate_start=budget --gate_order=bn_scale"
-  [sanp_start_0.33]="--mode=sanp --budget=0.33 --gate_start=budget --gate_order=bn_scale"
-  [fixed_k_0.5]="--mode=fixed_k --budget=0.5"
-  [fixed_k_0.33]="--mode=fixed_k --budget=0.33"
+  [sanp_0.5]="--mode=sanp --budget=0.5 --gate_start=open --gate_order=random --save_pretrained=resnet20_cifar10_sanp_0.5 --distill=0"
+  [sanp_0.33]="--mode=sanp --budget=0.33 --gate_start=open --gate_order=random --save_pretrained=resnet20_cifar10_sanp_0.33 --distill=0"
+  [sanp_start_0.5]="--mode=sanp --budget=0.5 --gate_start=budget --gate_order=bn_scale --distill=0"
+  [sanp_start_0.33]="--mode=sanp --budget=0.33 --gate_start=budget --gate_order=bn_scale --distill=0"
+  [fixed_k_0.5]="--mode=fixed_k --budget=0.5 --distill=0"
+  [fixed_k_0.33]="--mode=fixed_k --budget=0.33 --distill=0"
   [sanp_kd_0.5]="--mode=sanp --budget=0.5 --gate_start=budget --gate_order=bn_scale --distill=0.7"
   [sanp_kd_0.33]="--mode=sanp --budget=0.33 --gate_start=budget --gate_order=bn_scale --distill=0.7"
   [sanp_kd_slimstart_0.5]="--mode=sanp --budget=0.5 --gate_start=slimming --gate_order=bn_scale --distill=0.7"
   [sanp_kd_slimstart_0.33]="--mode=sanp --budget=0.33 --gate_start=slimming --gate_order=bn_scale --distill=0.7"
-  [slimming_0.5]="--mode=slimming --budget=0.5"
-  [slimming_0.33]="--mode=slimming --budget=0.33"
-  [static_0.5]="--mode=static --budget=0.5"
-  [fbs_0.5]="--mode=fbs --budget=0.5"
+  [slimming_0.5]="--mode=slimming --budget=0.5 --distill=0"
+  [slimming_0.33]="--mode=slimming --budget=0.33 --distill=0"
+  [static_0.5]="--mode=static --budget=0.5 --gate_start=budget --distill=0"
+  [fbs_0.5]="--mode=fbs --budget=0.5 --distill=0"
   [thin_0.5]="--mode=thin --budget=0.5 --backbone_epochs=160 --backbone_lr=0.2 --weight_decay=5e-3 --lr_warmup_epochs=3"
 )
 order=(dense sanp_0.5 sanp_0.33 slimming_0.5 sanp_start_0.5 sanp_kd_0.5 sanp_start_0.33

@@ -139,6 +139,7 @@ def trained_model(backbone, budget):
                     pretrained=os.path.join(dense, "model.keras"), warmup_epochs=w,
                     finetune_epochs=f, train_subset=subset, output_dir=out,
                     batch_size=QUICK_BATCH.value, export_kind="none",
+                    distill=0.0, gate_start="open",  # the recipe of its results
                     command=results.command_line(), **options)
     return keras.models.load_model(os.path.join(out, "model.keras"))
 

@@ -40,6 +40,7 @@ FLAGS = flags.FLAGS
 FLAGS.set_default("output_dir", "runs/ablation")
 FLAGS.set_default("export", "none")
 FLAGS.set_default("gate_start", "open")  # the paper's recipe is the baseline of every config
+FLAGS.set_default("distill", 0.0)
 RUN_FLAGS = ("backbone", "budget", "gate_speed", "cost_weighting", "allocation", "budget_ramp",
              "land_budget", "mode", "warmup_epochs", "finetune_epochs", "warmup_lr",
              "finetune_lr", "batch_size", "clipnorm", "weight_decay", "lr_warmup_epochs",

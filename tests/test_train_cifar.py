@@ -69,9 +69,12 @@ def test_other_modes_train_from_the_backbone_and_report(mode, backbone, tmp_path
     # (large). FIXED-K (keep ratio calibrated after warm-up), Network Slimming and thin
     # dense meet the budget by construction, FBS does not exceed it, STATIC through the
     # controller and the landing.
+    # FBS from this random backbone (logits up to about 70), distilled as by default,
+    # diverges in its first warm-up step unless clipped, as --clipnorm's help advises.
     result = _example().run(
         mode=mode, pretrained=backbone, train_subset=64, test_subset=32, batch_size=32,
         backbone_epochs=1, warmup_epochs=1, finetune_epochs=1, budget=0.5,
+        clipnorm=1.0 if mode == "fbs" else None,
         output_dir=str(tmp_path), verbose=0, command="test",
     )
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
@@ -121,6 +124,25 @@ def test_slimming_start_prunes_the_inner_convs_unevenly_and_leaves_the_stream(tm
         expected = allocation.get(layer.name, 1.0)
         assert abs(ratio - expected) <= 2.5 / layer.filters, (layer.name, ratio, expected)
     assert len(set(allocation.values())) > 3  # one fraction per layer, not one k for all
+
+
+def test_slimming_start_falls_back_to_the_even_start_out_of_slimming_reach(capsys):
+    import sanp_keras as sk
+    from sanp_keras import slimming
+    from tests import oracle
+
+    example = _example()
+    plain = oracle.randomize_batch_norm(sk.models.create_model("resnet20", gated=False), 3)
+    gated = sk.convert(plain)
+    ratios, landed, how = example.start_allocation(gated, plain, "slimming", 0.5)
+    assert ratios == slimming.allocation(plain, 0.5) and landed == list(ratios)
+    assert "Network Slimming's allocation" in how
+    # one channel in every inner conv still costs about 0.05 of dense: no Slimming start
+    ratio, landed, how = example.start_allocation(gated, plain, "slimming", 0.03)
+    assert "No Network Slimming start" in capsys.readouterr().out
+    assert ratio == sk.training.fixed_k_keep_ratio(gated, 0.03) and landed is None
+    assert example.start_allocation(gated, plain, "budget", 0.5)[:2] == (
+        sk.training.fixed_k_keep_ratio(gated, 0.5), None)
 
 
 def test_bad_mode_and_missing_data_fail_clearly(tmp_path):
