@@ -54,17 +54,17 @@ def _weightless_passthrough(layer):
     return graph.is_passthrough(layer) and not layer.weights
 
 
-def _reaches_only_slicable(tensor, consumers):
-    """Whether every path from `tensor` ends in a Conv2D / SPMConv2D / Dense input (not
-    an Add, a concatenation or a depthwise convolution)."""
+def _reaches_only_slicable(tensor, consumers, gated=False):
+    """Whether every path from `tensor` ends in a Conv2D / Dense input (not an Add, a
+    concatenation or a depthwise convolution); with `gated`, an SPMConv2D's too."""
     for node in consumers.get(id(tensor), []):
         layer = node.operation
         if type(layer) is keras.layers.Conv2D and layer.groups == 1:
             continue
-        if type(layer) in (keras.layers.Dense, SPMConv2D):
+        if type(layer) is keras.layers.Dense or (gated and type(layer) is SPMConv2D):
             continue
         if _weightless_passthrough(layer) and _reaches_only_slicable(
-            node.output_tensors[0], consumers
+            node.output_tensors[0], consumers, gated
         ):
             continue
         return False
@@ -260,7 +260,7 @@ def sliceable_gated_layers(model):
         if isinstance(node.operation, SPMConv2D)
         and node.operation.mode in THRESHOLD_MODES
         and consumers.get(id(node.output_tensors[0]))
-        and _reaches_only_slicable(node.output_tensors[0], consumers)
+        and _reaches_only_slicable(node.output_tensors[0], consumers, gated=True)
     ]
 
 
@@ -272,7 +272,9 @@ def drop_closed_channels(model, data, batch_size=256):
     consumer's kernel and saliency branch, paper eq. 5) leaves the model's outputs
     unchanged on every input that closes it: on `data` the returned model equals
     `model` (to float rounding), decisions included. On an input that would have
-    opened a removed channel it computes the model with that channel closed. What
+    opened a removed channel it computes the model with that channel closed (and
+    where that channel was the layer's best, which a gate always keeps open, with
+    the best of the remaining ones open instead). What
     remains is gated as before, with smaller convolutions: a trained SANP network
     whose allocation is static in part then exports like a slimmed one.
 
