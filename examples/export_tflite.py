@@ -76,8 +76,9 @@ def run(model_path, kind="portable", output=None, dataset="embedded", data_dir=N
     calibration = images[:calibration_images]
     result = {"output": output, "kind": kind}
     if drop_closed_images:
-        model, kept = thinning.drop_closed_channels(
-            trained, datasets.normalized(data.train, drop_closed_images))
+        # Drawn at random: the sources list their images class by class.
+        drawn = datasets.normalized(data.subset(drop_closed_images).train)
+        model, kept = thinning.drop_closed_channels(trained, drawn)
         agree = float(np.mean(np.argmax(model.predict(images, verbose=0), -1)
                               == np.argmax(trained.predict(images, verbose=0), -1)))
         result["closed_channels_removed"] = {"images": drop_closed_images, "kept": kept,

@@ -68,7 +68,7 @@ def test_frontier_measures_error_cost_and_latency_of_each_model(tmp_path):
     # the same model without the channels closed for good: the same predictions and
     # open channels, smaller convolutions (each gate's cost shrinks with its input)
     assert rows["thin"]["top1_error"] == rows["gated"]["top1_error"]
-    opened, _ = flops.collect_decisions(gated, datasets.normalized(data.train, 256))
+    opened, _ = flops.collect_decisions(gated, datasets.normalized(data.subset(256).train))
     assert rows["thin"]["closed_channels_removed"]["kept"] == {
         name: [int(d.any(axis=0).sum()), d.shape[1]] for name, d in opened.items()}
     assert all(kept <= filters - 4
