@@ -195,10 +195,16 @@ def plot(rows, path):
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for r in rows:
         x, y = r["latency_ms"][threads], 100 * r["top1_error"]
-        ax.scatter([x], [y], color="C0" if r["export"] == "kernels" else "C1", zorder=3)
+        thinned = "closed_channels_removed" in r  # beside its twin: labelled below
+        ax.scatter([x], [y], color="C2" if thinned else "C0" if r["export"] == "kernels"
+                   else "C1", marker="D" if thinned else "o", zorder=3)
         ax.annotate(f"{r['label']} ({r['flops_ratio']:.2f})", (x, y),
-                    textcoords="offset points", xytext=(5, 4), fontsize=8)
+                    textcoords="offset points", xytext=(5, -11 if thinned else 4),
+                    fontsize=8)
     ax.scatter([], [], color="C0", label="gated, kernels export")
+    if any("closed_channels_removed" in r for r in rows):
+        ax.scatter([], [], color="C2", marker="D",
+                   label="gated, closed channels removed, kernels export")
     ax.scatter([], [], color="C1", label="plain model, dense export")
     ax.set_xlabel(f"batch-1 latency, {threads} thread{'s' if threads > 1 else ''} (ms)")
     ax.set_ylabel("top-1 error (%)")
