@@ -66,6 +66,10 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
             builtin float ops). A model without gates (a plain Keras model) exported
             as `masked` is the int8 dense model to compare with.
 
+    A trained SANP model usually closes some channels for every input; it exports
+    faster (smaller convolutions) after `sanp_keras.thinning.drop_closed_channels`,
+    which removes them from the Keras model first (README, frontier table).
+
     Returns:
         The path written.
     """
