@@ -34,8 +34,8 @@ common=(--dataset="$data" --batch_size=256 --export=none)
 finetune=(--pretrained="$backbone" --warmup_epochs=2 --finetune_epochs=20
           --finetune_lr=0.01 --weight_decay=5e-4 --calibration_images=1000)
 
-# Every run names its recipe in full (the example's defaults distil and start at Network
-# Slimming's allocation since the runs without --distill were made: --distill=0 keeps them).
+# Every run names its recipe in full (the example's defaults distil since the runs without
+# --distill were made: --distill=0 keeps them).
 declare -A runs=(
   [dense]="--mode=dense --backbone_epochs=160 --backbone_lr=0.2 --weight_decay=5e-3 --lr_warmup_epochs=3 --save_pretrained=resnet20_cifar10"
   [sanp_0.5]="--mode=sanp --budget=0.5 --gate_start=open --gate_order=random --save_pretrained=resnet20_cifar10_sanp_0.5 --distill=0"
