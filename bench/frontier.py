@@ -119,14 +119,15 @@ def measure(models, data, drop_closed=()):
     os.makedirs(WORK_DIR.value, exist_ok=True)
     threads = [int(t) for t in THREADS.value]
     rows, paths, reference_macs = [], {t: {} for t in threads}, None
+    # Drawn at random (the sources list their images class by class), once for all.
+    drawn = (datasets.normalized(data.subset(DROP_CLOSED_IMAGES.value).train)
+             if drop_closed else None)
     for label, source in models:
         model = load(source)
         if reference_macs is None:
             reference_macs = sk.flops.dense_macs(model)
         dropped = None
         if label in drop_closed:
-            # Drawn at random: the sources list their images class by class.
-            drawn = datasets.normalized(data.subset(DROP_CLOSED_IMAGES.value).train)
             model, dropped = thinning.drop_closed_channels(model, drawn)
             print(f"[frontier] {label}: closed channels removed, kept {dropped}", flush=True)
         result = report.evaluate(model, test, name=label, reference_macs=reference_macs)
