@@ -136,7 +136,7 @@ def export_candidates(method, folder, calibration, kinds):
         model = model or keras.models.load_model(source)
         paths[kind] = export.export_tflite(
             model, path, "masked" if kind == "dense" else kind, batch_size=1,
-            calibration_data=calibration if method in GATED else None)
+            calibration_data=calibration if method in GATED else None, speed_check=False)
     return paths
 
 

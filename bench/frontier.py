@@ -107,7 +107,8 @@ def export_fastest_form(model, path, images, num_threads):
         return export.export_tflite(model, path, "masked", batch_size=1), "dense"
     plan = layer_choice.measured_plan(model, "kernels", images, num_threads=num_threads)
     return export.export_tflite(model, path, "kernels", calibration_data=images,
-                                batch_size=1, layer_choice=plan), "kernels"
+                                batch_size=1, layer_choice=plan,
+                                speed_check=False), "kernels"
 
 
 def measure(models, data, drop_closed=()):

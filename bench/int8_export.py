@@ -79,10 +79,12 @@ def export_all(model, calibration, folder):
     }
     for kind in ("portable", "kernels"):
         paths[f"{kind}_f32"] = export.export_tflite(
-            model, f"{folder}/{kind}_f32.tflite", kind, calibration_data=calibration)
+            model, f"{folder}/{kind}_f32.tflite", kind, calibration_data=calibration,
+            speed_check=False)
     checked = {}
     for kind in ("masked", "portable", "kernels"):
-        options = dict(calibration_data=calibration, quantize="int8", batch_size=1)
+        options = dict(calibration_data=calibration, quantize="int8", batch_size=1,
+                       speed_check=False)  # timed side by side below
         paths[f"{kind}_int8"] = export.export_tflite(
             model, f"{folder}/{kind}_int8.tflite", kind, **options)
         checked[kind] = export.export_tflite(

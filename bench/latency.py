@@ -166,14 +166,14 @@ def export_all(model, images, folder):
             choice = plans[kind] = layer_choice.measured_plan(model, kind, images)
         paths[kind] = export.export_tflite(
             model, f"{folder}/{kind}.tflite", kind, calibration_data=images, batch_size=1,
-            layer_choice=choice)
+            layer_choice=choice, speed_check=False)  # timed side by side below
         with_decisions[kind] = export.export_tflite(
             model, f"{folder}/{kind}_decisions.tflite", kind, calibration_data=images,
             decisions=True, batch_size=1, layer_choice=choice)
     paths["kernels_builtin_gates"] = export.export_tflite(
         model, f"{folder}/kernels_builtin_gates.tflite", "kernels", calibration_data=images,
         batch_size=1, layer_choice=plans.get("kernels", LAYER_CHOICE.value),
-        gates_in_kernels=False)
+        gates_in_kernels=False, speed_check=False)
     return paths, with_decisions, plans
 
 

@@ -109,7 +109,7 @@ def main(argv):
             choice = layer_choice.measured_plan(model, kind, images)
         paths[kind] = export.export_tflite(model, f"{FOLDER.value}/{kind}.tflite", kind,
                                            calibration_data=images, batch_size=1,
-                                           layer_choice=choice)
+                                           layer_choice=choice, speed_check=False)
         checked = export.export_tflite(model, f"{FOLDER.value}/{kind}_decisions.tflite", kind,
                                        calibration_data=images, decisions=True, batch_size=1,
                                        layer_choice=choice)

@@ -9,13 +9,14 @@ from sanp_keras.export import folding
 from sanp_keras.export import layer_choice as choice
 from sanp_keras.export import patching
 from sanp_keras.export import quantize as quantization
+from sanp_keras.export import speed_check as speed
 
 LAYER_CHOICES = ("threshold", "measured")
 
 
 def export_tflite(model, path, kind="portable", calibration_data=None, decisions=False,
                   batch_size=None, layer_choice="threshold", verbose=False,
-                  gates_in_kernels=True, quantize=None):
+                  gates_in_kernels=True, quantize=None, speed_check=True):
     """Writes `model` (holding SPMConv2D layers) to a `.tflite` file.
 
     Args:
@@ -65,6 +66,12 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
             masked arithmetic, byte for byte, over the open channels; the gates stay
             builtin float ops). A model without gates (a plain Keras model) exported
             as `masked` is the int8 dense model to compare with.
+        speed_check: `portable` and `kernels` with calibration data (and without
+            `decisions`): time the file written against the dense model
+            (`sanp_keras.strip(model)` exported plain, the same `quantize`) side by
+            side on the first calibration image, batch 1, 1 thread, and warn where it
+            is slower (`speed_check.check_against_dense`): a few seconds, one more
+            conversion. False skips it.
 
     A trained SANP model usually closes some channels for every input; it exports
     faster (smaller convolutions) after `sanp_keras.thinning.drop_closed_channels`,
@@ -121,4 +128,7 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
     with open(tmp, "wb") as f:
         f.write(flatbuffer)
     os.replace(tmp, path)
+    if (speed_check and kind in ("portable", "kernels") and calibration_data is not None
+            and not decisions and flops.gated_layers(model)):
+        speed.check_against_dense(model, path, kind, calibration_data, quantize)
     return path
