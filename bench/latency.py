@@ -28,6 +28,9 @@ runs:
         --budgets=0.5,0.33,random --models_dir=runs/latency_shipped \
         --output=bench/results/latency_shipped
 
+`--source=converged --method=fixed_k` times the converged runs of another method
+committed under `checkpoints/converged/fixed_k_<budget>/` (FIXED-K, FBS...).
+
 Writes `<output>.json` and `<output>.md` with the command that produced them. Rows
 of an earlier run that this one does not measure again are kept (`--keep_rows`), each
 naming the command that measured it: backbones can be measured one at a time.
@@ -45,7 +48,8 @@ import keras  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-import _example  # noqa: E402  (bench/ is on the path when run as a script)
+import _converged  # noqa: E402  (bench/ is on the path when run as a script)
+import _example  # noqa: E402
 import _random_gates  # noqa: E402
 import _results as results  # noqa: E402
 import _thinned  # noqa: E402
@@ -70,10 +74,15 @@ WARMUP = flags.DEFINE_integer("warmup", 20, "Untimed runs first.")
 PARITY = flags.DEFINE_integer("parity_images", 1000, "Test images of the parity check.")
 MODELS_DIR = flags.DEFINE_string("models_dir", "runs/latency", "Trained models, one per run.")
 SOURCE = flags.DEFINE_enum(
-    "source", "quick", ["quick", "shipped"],
+    "source", "quick", ["quick", "shipped", "converged"],
     "The trained models timed: quick runs of the pipeline (trained here if missing, under "
-    "--models_dir) or the shipped SANP models, `sk.models.pretrained(<backbone>_cifar10_"
-    "sanp_<budget>)`.")
+    "--models_dir), the shipped SANP models, `sk.models.pretrained(<backbone>_cifar10_"
+    "sanp_<budget>)`, or the converged ResNet-20 runs of another --method committed under "
+    "checkpoints/converged/<method>_<budget>/ (bench/converged.sh).")
+METHOD = flags.DEFINE_string(
+    "method", "fixed_k",
+    "--source=converged: the run's method, as bench/converged.sh names it (fixed_k, fbs, "
+    "sanp_kd, sanp_start...).")
 QUICK_EPOCHS = flags.DEFINE_list("quick_epochs", ["3", "1", "6"],
                                  "Backbone, warm-up and fine-tune epochs of the quick runs.")
 OUTPUT = flags.DEFINE_string("output", "bench/results/latency", "Output path stem.")
@@ -124,6 +133,9 @@ def trained_model(backbone, budget):
         return randomized_model(backbone)
     if SOURCE.value == "shipped":
         return sk.models.pretrained(shipped.sanp_name(backbone, budget))
+    if SOURCE.value == "converged":
+        _check_converged_backbone(backbone)
+        return _converged.load(METHOD.value, budget)[0]
     b, w, f = (int(e) for e in QUICK_EPOCHS.value)
     dense = os.path.join(MODELS_DIR.value, f"{backbone}_dense")
     out = os.path.join(MODELS_DIR.value, f"{backbone}_{budget}")
@@ -182,6 +194,12 @@ def parity(model, path, images):
     return export.parity.compare(model, export.KernelRunner(path), images)
 
 
+def _check_converged_backbone(backbone):
+    if backbone != "resnet20":
+        raise ValueError("--source=converged: the converged runs are ResNet-20 ones; "
+                         f"got --backbones including {backbone!r}.")
+
+
 def timed_image_macs(model, images):
     """MACs of the gated model on the one image every latency is timed on (images[:1]):
     a sample's cost varies around the mean, so the speed-up to expect from that run
@@ -207,6 +225,12 @@ def measure_one(backbone, budget, images):
             "of": len(plans["kernels"])}
     if budget == RANDOM:
         row["model"] = {"command": None, "top1_error": None, "dataset": None,
+                        "landing": None}
+    elif SOURCE.value == "converged":
+        folder = _converged.run_folder(METHOD.value, budget)
+        trained = _converged.load(METHOD.value, budget)[1]
+        row["model"] = {"checkpoint": os.path.relpath(folder), "command": trained["command"],
+                        "top1_error": trained["top1_error"], "dataset": trained["dataset"],
                         "landing": None}
     elif SOURCE.value == "shipped":
         name = shipped.sanp_name(backbone, budget)
@@ -306,6 +330,11 @@ def markdown(rows):
             lines.append(f"- {r['backbone']} random: not trained, gate weights randomized "
                          "(`randomized_model`), about half the MACs pruned, decisions varying "
                          "with the sample")
+            continue
+        if m.get("checkpoint"):
+            lines.append(f"- {r['backbone']} {r['budget']}: `{m['checkpoint']}`, "
+                         f"{100 * m['top1_error']:.2f} % error on {m['dataset']}, by "
+                         f"`{m['command']}`")
             continue
         if m.get("shipped"):
             lines.append(f"- {r['backbone']} {r['budget']}: shipped `{m['shipped']}`, "

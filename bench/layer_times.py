@@ -13,7 +13,9 @@ gate's builtin ops and the runtime), and the builtin model's latency.
         --output=bench/results/layer_times_resnet20_0.33
 
 `--source=shipped` times the shipped converged model instead
-(`sk.models.pretrained("resnet20_cifar10_sanp_0.33")`).
+(`sk.models.pretrained("resnet20_cifar10_sanp_0.33")`), `--source=converged
+--method=fixed_k` a converged run of another method committed under
+`checkpoints/converged/fixed_k_<budget>/` (ResNet-20).
 
 Writes `<output>.json` and `<output>.md` with the command that produced them.
 """
@@ -28,7 +30,8 @@ import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-import _results as results  # noqa: E402  (bench/ is on the path when run as a script)
+import _converged  # noqa: E402  (bench/ is on the path when run as a script)
+import _results as results  # noqa: E402
 import sanp_keras as sk  # noqa: E402
 from sanp_keras import datasets  # noqa: E402
 from sanp_keras.export import builders  # noqa: E402
@@ -41,8 +44,11 @@ BACKBONE = flags.DEFINE_string("backbone", "resnet20", "Zoo backbone of the quic
 BUDGET = flags.DEFINE_string("budget", "0.33", "Budget of the quick run.")
 MODELS_DIR = flags.DEFINE_string("models_dir", "runs/latency", "bench/latency.py's models.")
 RUNS = flags.DEFINE_integer("runs", 200, "Timed runs per form (median reported).")
-SOURCE = flags.DEFINE_enum("source", "quick", ["quick", "shipped"],
-                           "A quick run of bench/latency.py or the shipped SANP model.")
+SOURCE = flags.DEFINE_enum("source", "quick", ["quick", "shipped", "converged"],
+                           "A quick run of bench/latency.py, the shipped SANP model, or a "
+                           "converged ResNet-20 run of --method (checkpoints/converged/).")
+METHOD = flags.DEFINE_string("method", "fixed_k", "--source=converged: the run's method "
+                             "(fixed_k, fbs, sanp_kd...), as bench/converged.sh names it.")
 OUTPUT = flags.DEFINE_string("output", None, "Output path stem (default: "
                              "bench/results/layer_times_<backbone>_<budget>).")
 
@@ -97,6 +103,13 @@ def main(argv):
         path = shipped.sanp_name(BACKBONE.value, BUDGET.value)
         model = sk.models.pretrained(path)  # a ValueError listing the shipped ones
         name = path
+    elif SOURCE.value == "converged":
+        if BACKBONE.value != "resnet20":
+            raise ValueError("--source=converged: the converged runs are ResNet-20 ones; got "
+                             f"--backbone={BACKBONE.value!r}.")
+        path = os.path.relpath(_converged.run_folder(METHOD.value, BUDGET.value))
+        model = _converged.load(METHOD.value, BUDGET.value)[0]
+        name = f"{BACKBONE.value}_{_converged.run_name(METHOD.value, BUDGET.value)}"
     else:
         path = os.path.join(MODELS_DIR.value, name, "model.keras")
         if not os.path.exists(path):
@@ -118,7 +131,8 @@ def main(argv):
     totals["best_us"] = sum(min(r["kernel_us"], r["builtin_us"]) for r in rows)
     stem = OUTPUT.value or f"bench/results/layer_times_{name}"
     results.write(stem, {"model": path, "rows": rows, "totals": totals},
-                  markdown(rows, totals, f"{BACKBONE.value} at {BUDGET.value}",
+                  markdown(rows, totals, name if SOURCE.value != "quick"
+                           else f"{BACKBONE.value} at {BUDGET.value}",
                            results.command_line()))
 
 
