@@ -52,11 +52,12 @@ declare -A runs=(
   [slimming_0.33]="--mode=slimming --budget=0.33 --distill=0"
   [static_0.5]="--mode=static --budget=0.5 --gate_start=budget --distill=0"
   [fbs_0.5]="--mode=fbs --budget=0.5 --distill=0"
+  [fbs_0.33]="--mode=fbs --budget=0.33 --distill=0"
   [thin_0.5]="--mode=thin --budget=0.5 --backbone_epochs=160 --backbone_lr=0.2 --weight_decay=5e-3 --lr_warmup_epochs=3"
 )
 order=(dense sanp_0.5 sanp_0.33 slimming_0.5 sanp_start_0.5 sanp_kd_0.5 sanp_start_0.33
        sanp_kd_0.33 sanp_kd_slimstart_0.5 slimming_0.33 sanp_kd_slimstart_0.33
-       fixed_k_0.5 fixed_k_0.33 static_0.5 fbs_0.5 thin_0.5)
+       fixed_k_0.5 fixed_k_0.33 static_0.5 fbs_0.5 fbs_0.33 thin_0.5)
 selected=("${@:-${order[@]}}")
 
 for run in "${selected[@]}"; do
