@@ -141,12 +141,15 @@ SanpStatus sanp_se_gate(const SanpTensor* x, const SanpTensor* gate, SanpTensor*
  * indices from `next`; the caller takes tasks too, and returns once every worker has
  * checked out of the generation, so that none is still inside it when the next starts.
  * Layers come back to back within an inference: spinning saves the wake-up latency,
- * where every thread has a core of its own. XNNPACK runs as many workers as ours, so
- * a model at n threads has 2n - 1 threads in all; on fewer cores a spinning worker
- * takes a core from XNNPACK's between our layers, and ours sleep at once instead
- * (2 threads on 2 cores, ResNet-20 at 0.33: 0.34-0.56 ms from one process to the next
- * when spinning, 0.36-0.37 ms when sleeping). -DSANP_SPIN_ROUNDS=N fixes the rounds. */
+ * where every thread has a core of its own. Beside ours the runtime runs its own pool
+ * (sanp_set_runtime_threads; by default as many threads as ours, so that a model at n
+ * threads has 2n - 1 in all); on fewer cores a spinning worker takes a core from
+ * XNNPACK's between our layers, and ours sleep at once instead (2 threads on 2 cores,
+ * ResNet-20 at 0.33: 0.34-0.56 ms from one process to the next when spinning,
+ * 0.36-0.37 ms when sleeping). -DSANP_SPIN_ROUNDS=N fixes the rounds. */
 enum { SPIN_ROUNDS = 20000 };
+
+static int runtime_threads = 0;  /* the runtime's threads beside ours; 0: as many */
 
 static int spin_rounds_for(int threads) {
 #ifdef SANP_SPIN_ROUNDS
@@ -154,7 +157,8 @@ static int spin_rounds_for(int threads) {
   return SANP_SPIN_ROUNDS;
 #else
   const long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  return cores >= 2L * threads - 1 ? SPIN_ROUNDS : 0;
+  const long others = (runtime_threads > 0 ? runtime_threads : threads) - 1;
+  return cores >= threads + others ? SPIN_ROUNDS : 0;
 #endif
 }
 
@@ -242,6 +246,20 @@ int sanp_set_num_threads(int threads) {
 }
 
 int sanp_num_threads(void) { return pool.count; }
+
+int sanp_set_runtime_threads(int threads) {
+  if (threads < 0 || threads > SANP_MAX_THREADS) return -1;
+  if (threads == runtime_threads) return 0;
+  runtime_threads = threads;
+  const int count = pool.count;  /* restarted: the workers read spin_rounds unlocked */
+  if (count > 1) {
+    stop_workers();
+    return sanp_set_num_threads(count);
+  }
+  return 0;
+}
+
+int sanp_runtime_threads(void) { return runtime_threads; }
 long sanp_parallel_min_macs(void) { return parallel_min_macs; }
 void sanp_set_parallel_min_macs(long macs) { parallel_min_macs = macs < 0 ? 0 : macs; }
 

@@ -132,6 +132,11 @@ int sanp_set_isa(const char* name);
 enum { SANP_MAX_THREADS = 64 };
 int sanp_set_num_threads(int threads);
 int sanp_num_threads(void);
+/* The threads the runtime's own pool runs beside ours (XNNPACK's num_threads; 0, the
+ * default: as many as ours). Ours spin between layers only where the cores hold both
+ * pools (ours + runtime's - 1 threads). 0, or -1 for a count outside [0, SANP_MAX_THREADS]. */
+int sanp_set_runtime_threads(int threads);
+int sanp_runtime_threads(void);
 long sanp_parallel_min_macs(void);
 void sanp_set_parallel_min_macs(long macs);  /* 0: split every call (tests) */
 

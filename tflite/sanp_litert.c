@@ -207,6 +207,7 @@ typedef struct {
   LiteRtTensorBuffer in[MAX_IO], out[MAX_IO];
   size_t in_bytes[MAX_IO], out_bytes[MAX_IO];
   int threads;  /* the kernels' pool is the process's: set again before each run */
+  int runtime_threads;  /* XNNPACK's */
 } SanpRunner;
 
 void sanp_runner_destroy(SanpRunner* r) {
@@ -241,9 +242,11 @@ static int make_buffer(SanpRunner* r, LiteRtSignature sig, int is_input, size_t 
 
 static void free_payload(void* payload) { free(payload); }
 
-/* Loads and compiles `path` on the CPU (XNNPACK and the sanp kernels with `threads`
- * threads, 0: their defaults) with the sanp kernels registered. NULL on failure, with a reason in `error`. */
-SanpRunner* sanp_runner_create(const char* path, int threads, char* error, size_t error_len) {
+/* Loads and compiles `path` on the CPU (the sanp kernels with `threads` threads and
+ * XNNPACK with `runtime_threads`, 0: their defaults) with the sanp kernels registered.
+ * NULL on failure, with a reason in `error`. */
+SanpRunner* sanp_runner_create_split(const char* path, int threads, int runtime_threads,
+                                     char* error, size_t error_len) {
   SanpRunner* r = calloc(1, sizeof(SanpRunner));
   LiteRtSignature sig;
   const char* step = "out of memory";
@@ -257,12 +260,12 @@ SanpRunner* sanp_runner_create(const char* path, int threads, char* error, size_
       LiteRtSetOptionsHardwareAccelerators(r->options, kLiteRtHwAcceleratorCpu) !=
           kLiteRtStatusOk)
     goto fail;
-  if (threads > 0) {
+  if (runtime_threads > 0) {
     char* toml = malloc(64);
     LiteRtOpaqueOptions cpu;
     step = "CPU options";
     if (toml == NULL) goto fail;
-    snprintf(toml, 64, "num_threads = %d\n", threads);
+    snprintf(toml, 64, "num_threads = %d\n", runtime_threads);
     if (LiteRtCreateOpaqueOptions("xnnpack", toml, free_payload, &cpu) != kLiteRtStatusOk) {
       free(toml);
       goto fail;
@@ -270,8 +273,11 @@ SanpRunner* sanp_runner_create(const char* path, int threads, char* error, size_
     if (LiteRtAddOpaqueOptions(r->options, cpu) != kLiteRtStatusOk) goto fail;
   }
   step = "starting the kernels' threads";  /* the kernels split large layers as XNNPACK */
-  if (threads > 0 && sanp_set_num_threads(threads) != 0) goto fail;
+  if (sanp_set_runtime_threads(runtime_threads > 0 ? runtime_threads : 0) != 0 ||
+      (threads > 0 && sanp_set_num_threads(threads) != 0))
+    goto fail;
   r->threads = threads;
+  r->runtime_threads = runtime_threads > 0 ? runtime_threads : 0;
   step = "registering SanpGatedConv2D";
   if (sanp_register_kernels(r->options) != kLiteRtStatusOk) goto fail;
   step = "LiteRtCreateCompiledModel";
@@ -294,6 +300,11 @@ fail:
   if (error != NULL && error_len > 0) snprintf(error, error_len, "%s failed for %s", step, path);
   sanp_runner_destroy(r);
   return NULL;
+}
+
+/* sanp_runner_create_split with XNNPACK at the kernels' count. */
+SanpRunner* sanp_runner_create(const char* path, int threads, char* error, size_t error_len) {
+  return sanp_runner_create_split(path, threads, threads, error, error_len);
 }
 
 size_t sanp_runner_num_inputs(const SanpRunner* r) { return r->n_in; }
@@ -335,7 +346,9 @@ int sanp_runner_get_output(SanpRunner* r, size_t i, void* data, size_t bytes) {
 /* 0 on success; -1 if LiteRT failed; a SanpStatus (> 0) if a kernel refused. */
 int sanp_runner_invoke(SanpRunner* r) {
   last_status = SANP_OK;
-  if (r->threads > 0 && sanp_set_num_threads(r->threads) != 0) return -1;
+  if (sanp_set_runtime_threads(r->runtime_threads) != 0 ||
+      (r->threads > 0 && sanp_set_num_threads(r->threads) != 0))
+    return -1;
   if (LiteRtRunCompiledModel(r->compiled, 0, r->n_in, r->in, r->n_out, r->out) !=
       kLiteRtStatusOk)
     return -1;

@@ -175,21 +175,46 @@ def _signature_outputs(path):
     }
 
 
+def uses_sanp_kernels(path):
+    """Whether the `.tflite` at `path` holds sanp custom ops (a `kernels` export)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        model = schema.ModelT.InitFromPackedBuf(bytearray(f.read()), 0)
+    return any((code.customCode or b"").startswith(b"Sanp") for code in model.operatorCodes)
+
+
+def runtime_threads_for(num_threads, sanp_kernels, cores=None):
+    """XNNPACK's threads for a model run at `num_threads`: all of them, but for a model
+    with sanp custom ops on a machine with fewer than 2 * num_threads - 1 cores, 1.
+
+    Such a model alternates small XNNPACK partitions with custom ops, and the two
+    pools then wake each other's threads on shared cores at every layer. On 2 cores at
+    2 threads (bench/results/kernel_threads.md, ResNet-20 with random half-open gates):
+    both pools at 2 threads 1.148 ms, XNNPACK at 2 with the kernels at 1 1.080 ms,
+    everything at 1 thread 0.973 ms, XNNPACK at 1 with the kernels' pool at 2 (its
+    workers then spin between layers) 0.894 ms; the shipped SANP models alike.
+    """
+    cores = os.cpu_count() if cores is None else cores
+    return 1 if sanp_kernels and cores < 2 * num_threads - 1 else num_threads
+
+
 class KernelRunner:
     """A `.tflite` file through LiteRT's CompiledModel API with the sanp kernels.
 
     Runs models of every kind (custom ops or not), so that latencies of all kinds are
     measured through the same runtime. Batch 1 for `kernels` models. `num_threads`:
-    XNNPACK's threads and the sanp kernels' (a gated convolution of at least
-    `parallel_min_macs()` MACs splits its channels or pixel blocks over them; the
-    kernels' pool is the process's, set to this runner's count at each run).
+    the sanp kernels' threads (a gated convolution of at least `parallel_min_macs()`
+    MACs splits its channels or pixel blocks over them; the kernels' pool is the
+    process's, set to this runner's count at each run) and XNNPACK's, unless
+    `runtime_threads` gives XNNPACK another count (None: `runtime_threads_for`).
     """
 
-    def __init__(self, path, num_threads=1, library=None):
+    def __init__(self, path, num_threads=1, library=None, runtime_threads=None):
         lib = load_library(library)
-        lib.sanp_runner_create.restype = ctypes.c_void_p
-        lib.sanp_runner_create.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                                           ctypes.c_size_t]
+        lib.sanp_runner_create_split.restype = ctypes.c_void_p
+        lib.sanp_runner_create_split.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int,
+                                                 ctypes.c_char_p, ctypes.c_size_t]
         for name in ("sanp_runner_input_bytes", "sanp_runner_output_bytes"):
             getattr(lib, name).restype = ctypes.c_size_t
             getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_size_t]
@@ -209,7 +234,15 @@ class KernelRunner:
         lib.sanp_kernel_calls.restype = ctypes.c_long
         self._lib = lib
         error = ctypes.create_string_buffer(512)
-        self._handle = lib.sanp_runner_create(os.fsencode(path), int(num_threads), error, 512)
+        if runtime_threads is None:
+            runtime_threads = runtime_threads_for(int(num_threads), uses_sanp_kernels(path))
+        elif isinstance(runtime_threads, bool) or not isinstance(runtime_threads, int) or \
+                runtime_threads < 1:
+            raise ValueError("Invalid value for argument `runtime_threads`: expected None or "
+                             f"an integer >= 1. Received: runtime_threads={runtime_threads!r}")
+        self.num_threads, self.runtime_threads = int(num_threads), int(runtime_threads)
+        self._handle = lib.sanp_runner_create_split(os.fsencode(path), self.num_threads,
+                                                    self.runtime_threads, error, 512)
         if not self._handle:
             raise RuntimeError(error.value.decode())
         self._in_bytes = lib.sanp_runner_input_bytes(self._handle, 0)
@@ -281,13 +314,21 @@ def time_side_by_side(paths, x, num_threads=1, runs=200, warmup=20, chunk=10):
     call, not of two.
     """
     runners = {name: KernelRunner(p, num_threads=num_threads) for name, p in paths.items()}
-    samples = {name: [] for name in paths}
+    try:
+        return time_runners(runners, x, runs, warmup, chunk)
+    finally:
+        for runner in runners.values():
+            runner.close()
+
+
+def time_runners(runners, x, runs=200, warmup=20, chunk=10):
+    """`time_side_by_side` for runners made by the caller (dict name -> KernelRunner,
+    each with its own thread counts): median ms of each, interleaved in chunks."""
+    samples = {name: [] for name in runners}
     for runner in runners.values():
         runner.time(x, runs=1, warmup=warmup)
     chunk = max(1, min(chunk, runs))
     for _ in range(-(-runs // chunk)):
         for name, runner in runners.items():
             samples[name].extend(runner.time(x, runs=chunk, warmup=1))
-    for runner in runners.values():
-        runner.close()
     return {name: float(np.median(s)) for name, s in samples.items()}

@@ -323,6 +323,45 @@ def test_kernels_at_two_threads_equal_one_thread_and_keras(tmp_path, kernels_bui
     assert result["max_logit_diff"] < 1e-3 and 0.1 < result["open_share"] < 0.9
 
 
+def test_kernels_equal_keras_for_every_split_of_threads_with_xnnpack(tmp_path, kernels_built):
+    """The kernels' pool and XNNPACK's at different counts (the runner's choice on few
+    cores: XNNPACK at 1, the kernels' pool spinning at 2) compute the same."""
+    model = _varied(sk.convert(_mixed_model(), mode="sanp"), seed=3)
+    x = _images(model)
+    path = export.export_tflite(model, str(tmp_path / "k.tflite"), "kernels", decisions=True)
+    previous = export.runners.set_parallel_min_macs(0, kernels_built)  # split every layer
+    try:
+        for ours, theirs in ((2, 1), (1, 2), (2, 2), (3, 1)):
+            runner = export.KernelRunner(path, num_threads=ours, runtime_threads=theirs)
+            result = export.parity.compare(model, runner, x)
+            runner.close()
+            assert result["decisions_equal"] == 1.0 and result["top1_equal"] == 1.0, (ours, theirs)
+            assert result["max_logit_diff"] < 1e-3, (ours, theirs)
+    finally:
+        export.runners.set_parallel_min_macs(previous, kernels_built)
+
+
+def test_xnnpack_runs_one_thread_beside_the_kernels_where_the_cores_cannot_hold_both(
+        tmp_path, kernels_built):
+    threads_for = export.runners.runtime_threads_for
+    assert threads_for(2, sanp_kernels=True, cores=2) == 1  # 3 threads on 2 cores
+    assert threads_for(2, sanp_kernels=True, cores=3) == 2
+    assert threads_for(4, sanp_kernels=True, cores=8) == 4
+    assert threads_for(2, sanp_kernels=False, cores=2) == 2  # no custom ops: XNNPACK's all
+    assert threads_for(1, sanp_kernels=True, cores=1) == 1
+    model = _varied(sk.convert(_mixed_model(), mode="sanp"), seed=3)
+    kernels = export.export_tflite(model, str(tmp_path / "k.tflite"), "kernels")
+    masked = export.export_tflite(model, str(tmp_path / "m.tflite"), "masked", batch_size=1)
+    assert export.runners.uses_sanp_kernels(kernels)
+    assert not export.runners.uses_sanp_kernels(masked)
+    runner = export.KernelRunner(kernels, num_threads=2)
+    assert (runner.num_threads, runner.runtime_threads) == (2, threads_for(2, True))
+    runner.close()
+    assert export.KernelRunner(masked, num_threads=2).runtime_threads == 2
+    with pytest.raises(ValueError, match="runtime_threads=0"):
+        export.KernelRunner(kernels, runtime_threads=0)
+
+
 def test_mobilenetv2_exports_match_keras_with_depthwise_layers_following_their_gates(
         tmp_path, kernels_built):
     plain = oracle.randomize_batch_norm(sk.models.create_model("mobilenetv2", gated=False))
