@@ -98,6 +98,11 @@ LAYER_CHOICE = flags.DEFINE_enum(
     "layer_choice", "measured", ["measured", "threshold"],
     "How each gated layer of `portable` / `kernels` picks its form (export_tflite's "
     "layer_choice): timed per layer, or by its share of MACs.")
+QUICK_RECIPE = flags.DEFINE_enum(
+    "quick_recipe", "paper", ["paper", "default"],
+    "The fine-tune of the quick runs: the paper's (gates start open, no distillation: "
+    "the recipe of the committed rows) or examples/train_cifar.py's defaults (distilled "
+    "from the backbone, gates started at the budget). Give each its own --models_dir.")
 TRAIN_ONLY = flags.DEFINE_bool("train_only", False, "Only train the missing quick runs.")
 KEEP = flags.DEFINE_bool(
     "keep_rows", True,
@@ -151,9 +156,15 @@ def trained_model(backbone, budget):
                     pretrained=os.path.join(dense, "model.keras"), warmup_epochs=w,
                     finetune_epochs=f, train_subset=subset, output_dir=out,
                     batch_size=QUICK_BATCH.value, export_kind="none",
-                    distill=0.0, gate_start="open",  # the recipe of its results
-                    command=results.command_line(), **options)
+                    command=results.command_line(), **options, **_recipe())
     return keras.models.load_model(os.path.join(out, "model.keras"))
+
+
+def _recipe():
+    """The quick run's fine-tune options that --quick_recipe sets."""
+    if QUICK_RECIPE.value == "paper":
+        return {"distill": 0.0, "gate_start": "open"}  # the recipe of the committed rows
+    return {}  # the example's defaults
 
 
 def export_all(model, images, folder):
