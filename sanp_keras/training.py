@@ -213,7 +213,10 @@ def fixed_k_keep_ratio(model, budget, include_bias=False):
 
 def calibrate_keep_ratio(model, budget, images, steps=10):
     """Sets every top-k gate's keep ratio so the model's measured cost on `images` is
-    closest to `budget`; returns `(ratio, measured cost ratio)`.
+    the closest to `budget` at or under it (the closest above it only where no ratio
+    tried is under); returns `(ratio, measured cost ratio)`. Whole channels make the
+    cost a staircase: the nearest step can be a few thousandths over the budget, which
+    a user who names a budget does not expect.
 
     `fixed_k_keep_ratio` treats channels as independent, which is exact for chains but
     not where a residual Add joins two gated paths: trained gates open overlapping
@@ -230,12 +233,16 @@ def calibrate_keep_ratio(model, budget, images, steps=10):
             layer.gate.keep_ratio = ratio
         return flops.measure(model, images)["flops_ratio"]
 
+    def better(candidate, best):  # under the budget first, then the nearer
+        return best is None or ((candidate[1] <= budget, -abs(candidate[1] - budget))
+                                > (best[1] <= budget, -abs(best[1] - budget)))
+
     low, high = 0.0, 1.0
     best = None
     for _ in range(steps):
         mid = (low + high) / 2
         measured = cost(mid)
-        if best is None or abs(measured - budget) < abs(best[1] - budget):
+        if better((mid, measured), best):
             best = (mid, measured)
         low, high = (mid, high) if measured < budget else (low, mid)
     cost(best[0])

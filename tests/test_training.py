@@ -160,7 +160,7 @@ def test_calibrated_keep_ratio_meets_the_budget_through_residual_adds(mode):
         layer.gate.excite_bias.assign(np.linspace(2.0, 1.0, layer.filters))  # same order
     x = oracle.images(16, 0, size=32)
     calibrated, measured = training.calibrate_keep_ratio(gated, 0.5, x)
-    assert abs(measured - 0.5) < 0.02
+    assert 0.48 < measured <= 0.5  # the nearest step of whole channels under the budget
     assert abs(flops.measure(gated, x)["flops_ratio"] - measured) < 1e-9  # it stays set
     assert all(g.gate.keep_ratio == calibrated for g in flops.gated_layers(gated))
 
