@@ -13,7 +13,8 @@ process, interleaved (`runners.time_runners`), batch 1 on test image 0:
 - kernels auto: what `KernelRunner(path, num_threads=n)` chooses on this machine.
 
 Models: ResNet-20 with gates nobody trained (`_random_gates`, about half the MACs,
-decisions varying per sample) and the shipped SANP models named by `--shipped`.
+decisions varying per sample) and the trained ones of `--shipped` (shipped names or
+.keras files), each exported as `kernels` with the measured layer choice.
 
     python bench/kernel_threads.py --output=bench/results/kernel_threads
 
@@ -24,6 +25,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
@@ -35,8 +37,9 @@ from sanp_keras import export  # noqa: E402
 from sanp_keras.export import runners  # noqa: E402
 
 SHIPPED = flags.DEFINE_list(
-    "shipped", ["resnet20_cifar10_sanp_0.33", "resnet20_cifar10_sanp_kd_0.5"],
-    "Shipped SANP models timed besides the random-gate ResNet-20.")
+    "shipped", ["resnet20_cifar10_sanp_0.33", "resnet20_cifar10_sanp_kd_0.5",
+                "checkpoints/converged/fixed_k_0.5/model.keras"],
+    "Shipped SANP models (or .keras files) timed besides the random-gate ResNet-20.")
 THREADS = flags.DEFINE_integer("threads", 2, "n, the model's thread count.")
 RUNS = flags.DEFINE_integer("runs", 300, "Timed runs per configuration (median).")
 FOLDER = flags.DEFINE_string("work_dir", "runs/kernel_threads", "Exported files.")
@@ -49,7 +52,8 @@ def exported(name, model, images):
     dense = export.export_tflite(sk.strip(model), f"{folder}/dense.tflite", "masked",
                                  batch_size=1)
     kernels = export.export_tflite(model, f"{folder}/kernels.tflite", "kernels",
-                                   calibration_data=images, batch_size=1, speed_check=False)
+                                   calibration_data=images, batch_size=1, speed_check=False,
+                                   layer_choice="measured")  # as latency.py and frontier.py
     return dense, kernels
 
 
@@ -88,11 +92,12 @@ def main(argv):
     images = datasets.normalized(datasets.load("embedded").test, 256)
     models = {"resnet20 random gates": _random_gates.randomize_gates(
         sk.models.create_model("resnet20"), images)}
-    models.update({name: sk.models.pretrained(name) for name in SHIPPED.value})
+    models.update({name: keras.models.load_model(name, compile=False) if name.endswith(
+        ".keras") else sk.models.pretrained(name) for name in SHIPPED.value})
     export.build_kernels()
     rows = []
     for name, model in models.items():
-        dense, kernels = exported(name.replace(" ", "_"), model, images)
+        dense, kernels = exported(name.replace(" ", "_").replace("/", "_"), model, images)
         made = configurations(dense, kernels, n)
         try:
             ms = runners.time_runners(made, images[:1], RUNS.value)

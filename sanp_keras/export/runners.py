@@ -191,9 +191,10 @@ def runtime_threads_for(num_threads, sanp_kernels, cores=None):
     Such a model alternates small XNNPACK partitions with custom ops, and the two
     pools then wake each other's threads on shared cores at every layer. On 2 cores at
     2 threads (bench/results/kernel_threads.md, ResNet-20 with random half-open gates):
-    both pools at 2 threads 1.148 ms, XNNPACK at 2 with the kernels at 1 1.080 ms,
-    everything at 1 thread 0.973 ms, XNNPACK at 1 with the kernels' pool at 2 (its
-    workers then spin between layers) 0.894 ms; the shipped SANP models alike.
+    both pools at 2 threads 1.005 ms, XNNPACK at 2 with the kernels at 1 0.943 ms,
+    everything at 1 thread 0.940 ms, XNNPACK at 1 with the kernels' pool at 2 (its
+    workers then spin between layers) 0.896 ms; the shipped SANP models alike (FIXED-K,
+    with 3 custom ops among 16 builtin convolutions: every split within noise).
     """
     cores = os.cpu_count() if cores is None else cores
     return 1 if sanp_kernels and cores < 2 * num_threads - 1 else num_threads
