@@ -3,8 +3,9 @@
 Each convolution keeps as many output channels as its gate opens on average (METHOD.md
 Figure 4 counts), and every later layer shrinks its inputs to match. Convolutions
 joined by an identity shortcut (an Add) must share a width: such a group keeps the mean
-size of the union of its members' open channels. Weights are random: this model is for
-latency only.
+size of the union of its members' open channels. A depthwise convolution (which follows
+its producer's gate) takes the thinned width of its input. Weights are random: this
+model is for latency only.
 """
 
 import keras
@@ -12,7 +13,6 @@ import numpy as np
 
 from sanp_keras import flops
 from sanp_keras import graph
-from sanp_keras.layers import GatedDepthwiseConv2D
 from sanp_keras.layers import SPMConv2D
 from sanp_keras.layers import ZeroPadShortcut
 
@@ -52,8 +52,6 @@ def thinned_widths(model, images):
     for node in graph.model_nodes(model):
         if isinstance(node.operation, SPMConv2D):
             groups.find(node.operation.name)
-        if isinstance(node.operation, GatedDepthwiseConv2D):
-            raise NotImplementedError("Thinned models of depthwise networks are not built.")
         if isinstance(node.operation, keras.layers.Add):
             members = set().union(*(_direct_gates(tracer(t)) for t in node.input_tensors))
             groups.join(members)
