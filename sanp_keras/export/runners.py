@@ -179,8 +179,11 @@ def uses_sanp_kernels(path):
     """Whether the `.tflite` at `path` holds sanp custom ops (a `kernels` export)."""
     from ai_edge_litert import schema_py_generated as schema
 
-    with open(path, "rb") as f:
-        model = schema.ModelT.InitFromPackedBuf(bytearray(f.read()), 0)
+    try:
+        with open(path, "rb") as f:
+            model = schema.ModelT.InitFromPackedBuf(bytearray(f.read()), 0)
+    except Exception:  # noqa: BLE001  (not a model: the runtime says why, naming the path)
+        return False
     return any((code.customCode or b"").startswith(b"Sanp") for code in model.operatorCodes)
 
 
