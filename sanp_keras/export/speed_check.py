@@ -53,8 +53,16 @@ def speedup_over_dense(model, path, image, quantize=None, calibration_data=None,
 def check_against_dense(model, path, kind, calibration_data, quantize=None):
     """Warns when the export at `path` runs slower than the dense model (1 thread).
 
-    Returns the measured speed-up t_dense / t_export.
+    Returns the measured speed-up t_dense / t_export, or None where the kernel
+    library that times both (`runners.KernelRunner`) is not built: then it says so.
     """
+    if not os.path.exists(runners.library_path()):
+        warnings.warn(
+            f"export_tflite(kind={kind!r}): not timed against the dense model, the kernel "
+            f"library is not built ({runners.library_path()}; "
+            "sanp_keras.export.build_kernels() builds it). speed_check=False skips this.",
+            stacklevel=3)
+        return None
     image = np.asarray(calibration_data, np.float32)[:1]
     speedup, times = speedup_over_dense(model, path, image, quantize, calibration_data)
     if speedup < 1.0:

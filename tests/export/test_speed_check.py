@@ -48,3 +48,11 @@ def test_the_dense_reference_is_the_stripped_model(tmp_path):
     got = export.Interpreter(path)(x[:1])
     want = sk.strip(model).predict(x[:1], verbose=0)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_without_the_kernel_library_the_check_says_it_did_not_time(tmp_path, monkeypatch):
+    model = _wide_open_model()
+    x = oracle.images(2, 1, size=32)
+    monkeypatch.setenv("SANP_TFLITE_LIB", str(tmp_path / "missing.so"))
+    with pytest.warns(UserWarning, match="not timed against the dense model"):
+        export.export_tflite(model, str(tmp_path / "p.tflite"), "portable", calibration_data=x)
