@@ -30,9 +30,13 @@ def run_folder(method, budget):
     return folder
 
 
+def report(method, budget):
+    """The report.json of a committed converged run, as a dict (how it was trained, what
+    it reached)."""
+    with open(os.path.join(run_folder(method, budget), "report.json")) as f:
+        return json.load(f)
+
+
 def load(method, budget):
-    """(the Keras model, its report.json as a dict) of a committed converged run."""
-    folder = run_folder(method, budget)
-    with open(os.path.join(folder, "report.json")) as f:
-        report = json.load(f)
-    return keras.models.load_model(os.path.join(folder, "model.keras")), report
+    """The Keras model of a committed converged run."""
+    return keras.models.load_model(os.path.join(run_folder(method, budget), "model.keras"))

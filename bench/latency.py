@@ -140,7 +140,7 @@ def trained_model(backbone, budget):
         return sk.models.pretrained(shipped.sanp_name(backbone, budget))
     if SOURCE.value == "converged":
         _check_converged_backbone(backbone)
-        return _converged.load(METHOD.value, budget)[0]
+        return _converged.load(METHOD.value, budget)
     b, w, f = (int(e) for e in QUICK_EPOCHS.value)
     dense = os.path.join(MODELS_DIR.value, f"{backbone}_dense")
     out = os.path.join(MODELS_DIR.value, f"{backbone}_{budget}")
@@ -239,7 +239,7 @@ def measure_one(backbone, budget, images):
                         "landing": None}
     elif SOURCE.value == "converged":
         folder = _converged.run_folder(METHOD.value, budget)
-        trained = _converged.load(METHOD.value, budget)[1]
+        trained = _converged.report(METHOD.value, budget)  # the model is loaded once, above
         row["model"] = {"checkpoint": os.path.relpath(folder), "command": trained["command"],
                         "top1_error": trained["top1_error"], "dataset": trained["dataset"],
                         "landing": None}

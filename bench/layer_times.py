@@ -108,7 +108,7 @@ def main(argv):
             raise ValueError("--source=converged: the converged runs are ResNet-20 ones; got "
                              f"--backbone={BACKBONE.value!r}.")
         path = os.path.relpath(_converged.run_folder(METHOD.value, BUDGET.value))
-        model = _converged.load(METHOD.value, BUDGET.value)[0]
+        model = _converged.load(METHOD.value, BUDGET.value)
         name = f"{BACKBONE.value}_{_converged.run_name(METHOD.value, BUDGET.value)}"
     else:
         path = os.path.join(MODELS_DIR.value, name, "model.keras")

@@ -161,12 +161,17 @@ class Interpreter:
         return self.run(x)["output"]
 
 
-def _signature_outputs(path):
-    """{name: shape} of the first signature's outputs."""
+def _read_model(path):
+    """The `.tflite` at `path` as the flatbuffer schema's ModelT."""
     from ai_edge_litert import schema_py_generated as schema
 
     with open(path, "rb") as f:
-        model = schema.ModelT.InitFromPackedBuf(bytearray(f.read()), 0)
+        return schema.ModelT.InitFromPackedBuf(bytearray(f.read()), 0)
+
+
+def _signature_outputs(path):
+    """{name: shape} of the first signature's outputs."""
+    model = _read_model(path)
     tensors = model.subgraphs[0].tensors
     return {
         (o.name.decode() if isinstance(o.name, bytes) else o.name):
@@ -177,11 +182,8 @@ def _signature_outputs(path):
 
 def uses_sanp_kernels(path):
     """Whether the `.tflite` at `path` holds sanp custom ops (a `kernels` export)."""
-    from ai_edge_litert import schema_py_generated as schema
-
     try:
-        with open(path, "rb") as f:
-            model = schema.ModelT.InitFromPackedBuf(bytearray(f.read()), 0)
+        model = _read_model(path)
     except Exception:  # noqa: BLE001  (not a model: the runtime says why, naming the path)
         return False
     return any((code.customCode or b"").startswith(b"Sanp") for code in model.operatorCodes)
