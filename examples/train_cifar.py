@@ -175,7 +175,7 @@ flags.DEFINE_enum("gate_start", "budget", ["open", "budget", "slimming"],
                   "channel open (the paper), which a short run cannot close in time "
                   "(bench/README.md).")
 flags.DEFINE_enum("gate_order", "bn_scale", list(training.GATE_ORDERS),
-                  "sanp / static / fixed_k: the order of the gates' starting scores, which "
+                  "sanp / static / fixed_k / fbs: the order of the gates' starting scores, which "
                   "decides the channels closed first: by each channel's batch-norm scale "
                   "(bn_scale, training.order_gates) or as drawn at random (random, the "
                   "paper leaves it open).")
@@ -392,8 +392,11 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
             training.set_backbone_trainable(warm, True)
             if mode in ("fixed_k", "fbs"):  # k fixed for good, from the warmed-up gates
                 ratio, cost = training.calibrate_keep_ratio(warm, budget, calibration)
-                print(f"{mode} keeps {ratio:.3f} of every layer's channels after warm-up "
-                      f"(measured cost {cost:.3f} of dense).")
+                more = sum(g.gate.k > max(1, round(ratio * g.filters))
+                           for g in sk.flops.gated_layers(warm))
+                print(f"{mode} keeps {ratio:.3f} of every layer's channels after warm-up, "
+                      f"{more} layers one channel more (measured cost {cost:.3f} of "
+                      "dense).")
             elif gate_start in ("budget", "slimming") and mode in ("sanp", "static"):
                 ratios, landed, how = start_allocation(warm, plain, gate_start, budget,
                                                        reference_macs)

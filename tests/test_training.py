@@ -159,10 +159,17 @@ def test_calibrated_keep_ratio_meets_the_budget_through_residual_adds(mode):
     for layer in flops.gated_layers(gated):
         layer.gate.excite_bias.assign(np.linspace(2.0, 1.0, layer.filters))  # same order
     x = oracle.images(16, 0, size=32)
-    calibrated, measured = training.calibrate_keep_ratio(gated, 0.5, x)
+    calibrated, measured = training.calibrate_keep_ratio(gated, 0.5, x, fill=False)
     assert 0.48 < measured <= 0.5  # the nearest step of whole channels under the budget
     assert abs(flops.measure(gated, x)["flops_ratio"] - measured) < 1e-9  # it stays set
     assert all(g.gate.keep_ratio == calibrated for g in flops.gated_layers(gated))
+    # filled one channel at a time: within 0.01 of the budget (the band), under
+    filled, landed = training.calibrate_keep_ratio(gated, 0.5, x)
+    assert filled == calibrated and measured <= landed <= 0.5 and landed > 0.49
+    assert abs(flops.measure(gated, x)["flops_ratio"] - landed) < 1e-9
+    ks = [g.gate.k for g in flops.gated_layers(gated)]
+    shared = [max(1, round(calibrated * g.filters)) for g in flops.gated_layers(gated)]
+    assert all(k in (s, s + 1) for k, s in zip(ks, shared))  # at most one channel more
 
 
 def _random_gates(model, seed, center):
@@ -308,7 +315,7 @@ def test_start_at_slimming_allocation_keeps_slimming_channels_and_the_stream_ope
         training.start_at_keep_ratio(gated, {name: -0.5}, x)
 
 
-@pytest.mark.parametrize("mode", ["sanp", "static", "fixed_k"])
+@pytest.mark.parametrize("mode", ["sanp", "static", "fixed_k", "fbs"])
 def test_order_gates_deals_the_starting_scores_by_batch_norm_scale(mode):
     gated = sk.convert(sk.models.create_model("resnet20", gated=False), mode=mode, seed=3)
     rng = np.random.default_rng(0)
@@ -324,8 +331,10 @@ def test_order_gates_deals_the_starting_scores_by_batch_norm_scale(mode):
     for layer in flops.gated_layers(gated):
         bias, importance = layer.gate.excite_bias.numpy(), np.abs(gammas[layer.name])
         # the same order as |gamma|, spread evenly over bias_init +- bias_spread = [2, 4]
+        # (FBS: fbs_bias_init +- 0.1 = [0.9, 1.1])
+        low, high = (0.9, 1.1) if mode == "fbs" else (2.0, 4.0)
         np.testing.assert_array_equal(np.argsort(bias), np.argsort(importance))
-        np.testing.assert_allclose(np.sort(bias), np.linspace(2.0, 4.0, layer.filters),
+        np.testing.assert_allclose(np.sort(bias), np.linspace(low, high, layer.filters),
                                    atol=1e-6)
     with pytest.raises(ValueError, match="order='l1'"):
         training.order_gates(gated, "l1")
