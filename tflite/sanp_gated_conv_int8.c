@@ -587,3 +587,115 @@ SanpStatus sanp_gated_conv2d_int8(const SanpTensor* x, const SanpTensor* scale,
   free(map); free(packed); free(index); free(s_q); free(cb); free(cb32); free(m_conv);
   return wk.status;
 }
+
+typedef int8_t v16b __attribute__((vector_size(16)));
+typedef int16_t v16s __attribute__((vector_size(32)));
+
+/* The int8 MEAN's output, dequantized, for every input channel (see the header):
+ * means (c_in) from the channel sums of the int8 map. */
+static void int8_channel_means(const Geometry* g, const int8_t* xs, double x_scale,
+                               int x_zero, double m_scale, int m_zero, int32_t* sums,
+                               float* means) {
+  const size_t pixels = (size_t)g->h * g->w;
+  const int c = g->c_in;
+  memset(sums, 0, sizeof(int32_t) * (size_t)c);
+  int r = 0;
+  for (; r + 16 <= c; r += 16) {  /* 16 channels at a time, down the map, in int16 */
+    for (size_t p0 = 0; p0 < pixels; p0 += 256) {  /* 256 * 128 fits an int16 */
+      const size_t p1 = p0 + 256 < pixels ? p0 + 256 : pixels;
+      v16s acc = {0};
+      const int8_t* px = xs + p0 * c + r;
+      for (size_t p = p0; p < p1; ++p, px += c) {
+        v16b v;
+        memcpy(&v, px, sizeof(v));
+        acc += __builtin_convertvector(v, v16s);
+      }
+      for (int l = 0; l < 16; ++l) sums[r + l] += acc[l];
+    }
+  }
+  for (; r < c; ++r)
+    for (size_t p = 0; p < pixels; ++p) sums[r] += xs[p * c + r];
+  const double multiplier = x_scale / (m_scale * (double)pixels);
+  for (int r = 0; r < g->c_in; ++r) {
+    double v = ((double)sums[r] - (double)pixels * x_zero) * multiplier;
+    if (!(v > -1e9)) v = -1e9;
+    if (v > 1e9) v = 1e9;
+    const int m = clamp_int((long)nearbyint(v) + m_zero, -128, 127);
+    means[r] = (float)((double)(m - m_zero) * m_scale);
+  }
+}
+
+/* The int8 graph's SANP gate from the int8 map x (h, w, c_in of g): scale (c_out) and
+ * decisions (c_out, unless NULL). m: the MEAN's [m_scale, m_zero], xq: [x_scale, x_zero]. */
+static SanpStatus int8_se_gate(const Geometry* g, const int8_t* xs, const SanpTensor* gate,
+                               const float* m, const float* xq, float* scale,
+                               float* decisions) {
+  if (!(m[0] > 0.0f && m[0] < 1e30f) || !(m[1] >= -128.0f && m[1] <= 127.0f) ||
+      m[1] != floorf(m[1]) || !(xq[0] > 0.0f && xq[0] < 1e30f) ||
+      !(xq[1] >= -128.0f && xq[1] <= 127.0f) || xq[1] != floorf(xq[1]))
+    return SANP_ERROR_PARAMS;
+  if ((long long)g->h * g->w > (1LL << 24)) return SANP_ERROR_SHAPE;  /* int32 sums */
+  float* means = malloc((sizeof(float) + sizeof(int32_t)) * (size_t)g->c_in);
+  if (means == NULL) return SANP_ERROR_MEMORY;
+  int8_channel_means(g, xs, xq[0], (int)xq[1], m[0], (int)m[1], (int32_t*)(means + g->c_in),
+                     means);
+  const SanpStatus s = sanp_se_gate_from_means(means, (const float*)gate->data,
+                                               gate->dims[0] - 1, g->c_in, g->c_out, scale,
+                                               decisions);
+  free(means);
+  return s;
+}
+
+SanpStatus sanp_se_gate_int8(const SanpTensor* x, const SanpTensor* gate,
+                             const SanpTensor* quant, SanpTensor* scale,
+                             SanpTensor* decisions) {
+  SanpStatus s;
+  if ((s = check(x, SANP_INT8, 4)) != SANP_OK) return s;
+  if ((s = check(gate, SANP_FLOAT32, 2)) != SANP_OK) return s;
+  if ((s = check(quant, SANP_FLOAT32, 1)) != SANP_OK) return s;
+  if ((s = check(scale, SANP_FLOAT32, 2)) != SANP_OK) return s;
+  if (decisions != NULL && (s = check(decisions, SANP_FLOAT32, 2)) != SANP_OK) return s;
+  Geometry g;
+  memset(&g, 0, sizeof(g));
+  g.h = x->dims[1]; g.w = x->dims[2]; g.c_in = x->dims[3];
+  g.c_out = gate->dims[1] - g.c_in - 1;
+  if (x->dims[0] != 1 || gate->dims[0] < 2 || g.c_out < 1 ||
+      quant->dims[0] != SANP_SE_GATE_INT8_QUANT || scale->dims[0] != 1 ||
+      scale->dims[1] != g.c_out ||
+      (decisions != NULL && (decisions->dims[0] != 1 || decisions->dims[1] != g.c_out)))
+    return SANP_ERROR_SHAPE;
+  const float* q = (const float*)quant->data;
+  return int8_se_gate(&g, (const int8_t*)x->data, gate, q, q + 2, (float*)scale->data,
+                      decisions != NULL ? (float*)decisions->data : NULL);
+}
+
+SanpStatus sanp_se_gated_conv2d_int8(const SanpTensor* x, const SanpTensor* gate,
+                                     const SanpTensor* filter, const SanpTensor* bias,
+                                     const SanpTensor* params, const SanpTensor* quant,
+                                     SanpTensor* out, SanpTensor* decisions) {
+  Geometry g;
+  memset(&g, 0, sizeof(g));
+  SanpStatus s = geometry(x, filter, params, SANP_INT8, 1, &g);
+  if (s != SANP_OK) return s;
+  if ((s = check(gate, SANP_FLOAT32, 2)) != SANP_OK) return s;
+  if ((s = check(quant, SANP_FLOAT32, 1)) != SANP_OK) return s;
+  if (decisions != NULL && (s = check(decisions, SANP_FLOAT32, 2)) != SANP_OK) return s;
+  if (gate->dims[0] < 2 || gate->dims[1] != g.c_in + 1 + g.c_out ||
+      quant->dims[0] != SANP_SE_INT8_QUANT + g.c_out ||
+      (decisions != NULL && (decisions->dims[0] != 1 || decisions->dims[1] != g.c_out)))
+    return SANP_ERROR_SHAPE;
+  const float* q = (const float*)quant->data;
+  if ((s = check_quant(q + 2, g.c_out)) != SANP_OK) return s;
+  float* scale = malloc(sizeof(float) * (size_t)g.c_out);
+  if (scale == NULL) return SANP_ERROR_MEMORY;
+  s = int8_se_gate(&g, (const int8_t*)x->data, gate, q, q + 2, scale,
+                   decisions != NULL ? (float*)decisions->data : NULL);
+  if (s == SANP_OK) {
+    SanpTensor scale_t = {SANP_FLOAT32, 2, {1, g.c_out}, scale, sizeof(float) * (size_t)g.c_out};
+    SanpTensor quant_t = {SANP_FLOAT32, 1, {SANP_INT8_QUANT + g.c_out}, (void*)(q + 2),
+                          quant->bytes - 2 * sizeof(float)};
+    s = sanp_gated_conv2d_int8(x, &scale_t, filter, bias, params, &quant_t, out);
+  }
+  free(scale);
+  return s;
+}
