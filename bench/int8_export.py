@@ -10,8 +10,7 @@ or `random`: ResNet-20 with gate weights randomized about half open, `_random_ga
   (`sanp_keras.strip(model)`, every gate removed) against the float dense one; and
   int8 `kernels` against int8 `masked` (the same int8 arithmetic: equal outputs);
 - latency at each of `--threads`: dense float32, dense int8, and the gated kinds in
-  float32 (`portable`, `kernels`) and int8 (`masked`, `portable`, `kernels`, and
-  `kernels` with the SANP gates left in builtin ops: what moving them in saves), timed in
+  float32 (`portable`, `kernels`) and int8 (`masked`, `portable`, `kernels`), timed in
   turn in one run (`export.time_side_by_side`). Theory: dense MACs / mean gated MACs.
 
 Calibration: the first `--calibration_images` training images of the sample (not the
@@ -52,7 +51,7 @@ WARMUP = flags.DEFINE_integer("warmup", 20, "Untimed runs first.")
 MODELS_DIR = flags.DEFINE_string("models_dir", "runs/int8", "Where the .tflite files go.")
 OUTPUT = flags.DEFINE_string("output", "bench/results/int8", "Output path stem.")
 TIMED = ("dense_f32", "dense_int8", "portable_f32", "kernels_f32", "masked_int8",
-         "portable_int8", "kernels_int8", "kernels_int8_builtin_gates")
+         "portable_int8", "kernels_int8")
 
 
 def load_model(name, images):
@@ -91,10 +90,6 @@ def export_all(model, calibration, folder):
             model, f"{folder}/{kind}_int8.tflite", kind, **options)
         checked[kind] = export.export_tflite(
             model, f"{folder}/{kind}_int8_decisions.tflite", kind, decisions=True, **options)
-    # what computing the SANP gates in the kernels saves (SanpSEGatedConv2DInt8)
-    paths["kernels_int8_builtin_gates"] = export.export_tflite(
-        model, f"{folder}/kernels_int8_builtin_gates.tflite", "kernels",
-        gates_in_kernels=False, **options)
     return plain, paths, checked
 
 
@@ -123,7 +118,7 @@ def measure(name, test, calibration):
         agree["error_int8"] = error(got["output"], labels) if trained else None
         row["agreement"][kind] = agree
         print(f"{name} {kind} int8: {export.parity.summary(agree)}", flush=True)
-    # the int8 custom ops against the int8 graph they replaced, on every output
+    # SanpGatedConv2DInt8 against the int8 graph it replaced, on every output
     row["kernels_vs_masked"] = {
         name: {"equal": float(np.mean(outputs["kernels"][name] == want)),
                "max_abs_diff": float(np.abs(outputs["kernels"][name] - want).max())}
@@ -192,15 +187,13 @@ def markdown(rows):
     lines += ["", "int8 gated against int8 dense (t_dense_int8 / t; theory: the same MACs "
               "ratio), and int8 against float32 `kernels`:", "",
               "| model | theory | threads | masked int8 | portable int8 | kernels int8 "
-              "| kernels int8, gates builtin | kernels int8 vs kernels f32 |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| kernels int8 vs kernels f32 |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         for threads, t in r["latency_ms"].items():
             q = t["dense_int8"]
             lines.append(f"| {r['model']} | {r['theoretical_speedup']:.2f}x | {threads} "
                          f"| {q / t['masked_int8']:.2f}x | {q / t['portable_int8']:.2f}x "
                          f"| {q / t['kernels_int8']:.2f}x "
-                         f"| {q / t['kernels_int8_builtin_gates']:.2f}x "
                          f"| {t['kernels_f32'] / t['kernels_int8']:.2f}x |")
     return "\n".join(lines) + "\n"
 

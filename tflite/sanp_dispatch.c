@@ -24,14 +24,10 @@
                                       const SanpTensor* params, const SanpTensor* residual,\
                                       SanpTensor* out, SanpTensor* decisions);             \
   SanpStatus sanp_se_gate_##v(const SanpTensor* x, const SanpTensor* gate,                 \
-                              SanpTensor* scale, SanpTensor* decisions);                   \
-  SanpStatus sanp_se_gate_from_means_##v(const float* means, const float* gate, int hidden, \
-                                         int c_in, int c_out, float* scale,                \
-                                         float* decisions);
+                              SanpTensor* scale, SanpTensor* decisions);
 
 #define SANP_VARIANT_ENTRY(v, supported)                                                   \
-  {#v, supported, sanp_gated_conv2d_##v, sanp_se_gated_conv2d_##v, sanp_se_gate_##v,         \
-   sanp_se_gate_from_means_##v}
+  {#v, supported, sanp_gated_conv2d_##v, sanp_se_gated_conv2d_##v, sanp_se_gate_##v}
 
 typedef struct {
   const char* name;
@@ -42,7 +38,6 @@ typedef struct {
                                 const SanpTensor*, const SanpTensor*, const SanpTensor*,
                                 SanpTensor*, SanpTensor*);
   SanpStatus (*se_gate)(const SanpTensor*, const SanpTensor*, SanpTensor*, SanpTensor*);
-  SanpStatus (*se_gate_from_means)(const float*, const float*, int, int, int, float*, float*);
 } SanpIsa;
 
 static int always(void) { return 1; }
@@ -137,11 +132,6 @@ SanpStatus sanp_se_gated_conv2d(const SanpTensor* x, const SanpTensor* gate,
 SanpStatus sanp_se_gate(const SanpTensor* x, const SanpTensor* gate, SanpTensor* scale,
                         SanpTensor* decisions) {
   return current->se_gate(x, gate, scale, decisions);
-}
-
-SanpStatus sanp_se_gate_from_means(const float* means, const float* gate, int hidden,
-                                   int c_in, int c_out, float* scale, float* decisions) {
-  return current->se_gate_from_means(means, gate, hidden, c_in, c_out, scale, decisions);
 }
 
 /* ------------------------------------------------------------------ threads -- */

@@ -43,7 +43,6 @@
 #define sanp_gated_conv2d SANP_JOIN(sanp_gated_conv2d, SANP_VARIANT)
 #define sanp_se_gated_conv2d SANP_JOIN(sanp_se_gated_conv2d, SANP_VARIANT)
 #define sanp_se_gate SANP_JOIN(sanp_se_gate, SANP_VARIANT)
-#define sanp_se_gate_from_means SANP_JOIN(sanp_se_gate_from_means, SANP_VARIANT)
 #endif
 #include "sanp_gated_conv.h"
 #include "sanp_geometry.h"
@@ -740,13 +739,19 @@ static void channel_sums(const float* xs, size_t pixels, int c, float* s, int* l
   }
 }
 
-SanpStatus sanp_se_gate_from_means(const float* s, const float* gate, int hidden, int c_in,
-                                   int c_out, float* scale, float* decisions) {
-  if (hidden < 1 || c_in < 1 || c_out < 1) return SANP_ERROR_SHAPE;
-  const int row = c_in + 1 + c_out;
-  float* h = malloc(sizeof(float) * (size_t)hidden);
-  if (h == NULL) return SANP_ERROR_MEMORY;
+/* The layer's gate from x: its scale and decisions (unless NULL), each (c_out); see the
+ * header. With
+ * `live` not NULL, also which input channels are live (c_in flags), from the same pass. */
+static SanpStatus se_gate(const Geometry* g, const float* xs, const float* gate, int hidden,
+                          float* scale, float* decisions, int* live) {
+  const int c_in = g->c_in, c_out = g->c_out, row = c_in + 1 + c_out;
+  const size_t pixels = (size_t)g->h * g->w;
+  float* s = malloc(sizeof(float) * ((size_t)c_in + hidden));
+  if (s == NULL) return SANP_ERROR_MEMORY;
+  float* h = s + c_in;
+  channel_sums(xs, pixels, c_in, s, live);
   int r;
+  for (r = 0; r < c_in; ++r) s[r] /= (float)pixels;
   for (int j = 0; j < hidden; ++j) {  /* h = relu(s W1 + b1): 2 vector sums, then lanes */
     const float* w = gate + (size_t)j * row;
     v8f a0 = {0}, a1 = {0};
@@ -776,24 +781,8 @@ SanpStatus sanp_se_gate_from_means(const float* s, const float* gate, int hidden
     if (decisions != NULL) decisions[c] = open ? 1.0f : 0.0f;
     scale[c] = open ? 1.0f / (1.0f + expf(-score)) : 0.0f;
   }
-  free(h);
-  return SANP_OK;
-}
-
-/* The layer's gate from x: its scale and decisions (unless NULL), each (c_out); see the
- * header. With
- * `live` not NULL, also which input channels are live (c_in flags), from the same pass. */
-static SanpStatus se_gate(const Geometry* g, const float* xs, const float* gate, int hidden,
-                          float* scale, float* decisions, int* live) {
-  const size_t pixels = (size_t)g->h * g->w;
-  float* s = malloc(sizeof(float) * (size_t)g->c_in);
-  if (s == NULL) return SANP_ERROR_MEMORY;
-  channel_sums(xs, pixels, g->c_in, s, live);
-  for (int r = 0; r < g->c_in; ++r) s[r] /= (float)pixels;
-  const SanpStatus status =
-      sanp_se_gate_from_means(s, gate, hidden, g->c_in, g->c_out, scale, decisions);
   free(s);
-  return status;
+  return SANP_OK;
 }
 
 /* y = act(y + r) over n floats (the residual ADD after a layer, fused). */

@@ -102,37 +102,6 @@ const char* sanp_int8_isa(void);
 /* 0: the fast path where the CPU has it (the default), 1: the portable path (tests). */
 void sanp_int8_force_portable(int portable);
 
-/* The same gate from the channel means s (c_in) already taken: h = relu(s W1 + b1),
- * g = h W2 + b2, the decisions and scale as above (gate's layout as above, `hidden`
- * its rows but the last); decisions NULL: not wanted. The int8 SE op's gate. */
-SanpStatus sanp_se_gate_from_means(const float* means, const float* gate, int hidden,
-                                   int c_in, int c_out, float* scale, float* decisions);
-
-/* The int8 layer with its gate computed here from x (SanpSEGatedConv2DInt8): the int8
- * masked graph's gate, MEAN of x over pixels in int8, then float,
- *   m[r]  = clamp(round((sum_p x[p, r] - pixels * x_zero) * x_scale
- *                       / (pixels * m_scale)) + m_zero)              (MEAN's int8 output)
- *   s[r]  = (m[r] - m_zero) * m_scale                                (its DEQUANTIZE)
- * (round: to nearest, ties to even, in double), then sanp_se_gate_from_means(s) gives
- * the float scale (and decisions, unless NULL: (1, C_out) f32), and the int8 gated
- * convolution above runs with it. gate: as sanp_se_gated_conv2d's; quant (10 + C_out)
- * f32 = [m_scale, m_zero, then the quant of sanp_gated_conv2d_int8]. */
-enum { SANP_SE_INT8_QUANT = 10 };
-SanpStatus sanp_se_gated_conv2d_int8(const SanpTensor* x, const SanpTensor* gate,
-                                     const SanpTensor* filter, const SanpTensor* bias,
-                                     const SanpTensor* params, const SanpTensor* quant,
-                                     SanpTensor* out, SanpTensor* decisions);
-
-/* The int8 gate alone (SanpSEGateInt8), for a layer of an int8 export kept a builtin
- * convolution times its gate: x (1, H, W, C_in) int8, gate as above (C_out from its
- * width), quant (4) f32 = [m_scale, m_zero, x_scale, x_zero] give the float scale
- * (1, C_out) that the graph quantizes, and decisions (1, C_out) (NULL: not wanted),
- * computed as sanp_se_gated_conv2d_int8 computes them. */
-enum { SANP_SE_GATE_INT8_QUANT = 4 };
-SanpStatus sanp_se_gate_int8(const SanpTensor* x, const SanpTensor* gate,
-                             const SanpTensor* quant, SanpTensor* scale,
-                             SanpTensor* decisions);
-
 /* Output shape from the input shapes alone: rank-4 dims into out_dims. */
 SanpStatus sanp_gated_conv2d_output_shape(const SanpTensor* x, const SanpTensor* filter,
                                           const SanpTensor* params, int32_t out_dims[4]);

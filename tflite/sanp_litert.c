@@ -7,13 +7,9 @@
  * SanpSEGate: inputs (x, gate), outputs (scale[, decisions]): the gate alone, for a layer
  * kept a builtin convolution. SanpGatedConv2DInt8: inputs (x, scale, filter, bias,
  * params, quant), one output: the int8 convolution of an int8 export
- * (sanp_gated_conv2d_int8). SanpSEGatedConv2DInt8: inputs (x, gate, filter, bias,
- * params, quant), outputs (y[, decisions]): the same with the layer's SE gate computed
- * in the kernel from the int8 x (sanp_se_gated_conv2d_int8). SanpSEGateInt8: inputs (x,
- * gate, quant), outputs (scale[, decisions]): that gate alone, for a layer kept a
- * builtin int8 convolution (sanp_se_gate_int8). Each tensor of a call costs the dispatcher a buffer, so
+ * (sanp_gated_conv2d_int8). Each tensor of a call costs the dispatcher a buffer, so
  * the export leaves out the decisions where nothing reads them.
- * See sanp_gated_conv.h. Register them all on LiteRtOptions with sanp_register_kernels()
+ * See sanp_gated_conv.h. Register all three on LiteRtOptions with sanp_register_kernels()
  * before compiling a model exported with kind="kernels". The runner wraps the
  * CompiledModel API for ctypes (sanp_keras.export.KernelRunner) and for the latency
  * benchmark.
@@ -31,8 +27,6 @@
 #define SANP_SE_OP_NAME "SanpSEGatedConv2D"
 #define SANP_GATE_OP_NAME "SanpSEGate"
 #define SANP_INT8_OP_NAME "SanpGatedConv2DInt8"
-#define SANP_SE_INT8_OP_NAME "SanpSEGatedConv2DInt8"
-#define SANP_GATE_INT8_OP_NAME "SanpSEGateInt8"
 
 /* LiteRT 2.3.0 ignores the status a custom kernel returns, so the last one is also
  * kept here: the runner turns it into an error of the run. */
@@ -68,16 +62,11 @@ static LiteRtStatus op_init(void* user_data, const void* data, size_t size) {
 }
 
 /* user_data of each op: which one it is. */
-typedef enum {
-  OP_GATED_CONV, OP_SE_GATED_CONV, OP_SE_GATE, OP_GATED_CONV_INT8, OP_SE_GATED_CONV_INT8,
-  OP_SE_GATE_INT8
-} OpKind;
-enum { OP_KINDS = 6 };
+typedef enum { OP_GATED_CONV, OP_SE_GATED_CONV, OP_SE_GATE, OP_GATED_CONV_INT8 } OpKind;
+enum { OP_KINDS = 4 };
 static const OpKind kKinds[OP_KINDS] = {OP_GATED_CONV, OP_SE_GATED_CONV, OP_SE_GATE,
-                                        OP_GATED_CONV_INT8, OP_SE_GATED_CONV_INT8,
-                                        OP_SE_GATE_INT8};
-static const size_t kInputs[OP_KINDS] = {5, 5, 2, 6, 6, 3};
-static const size_t kOutputs[OP_KINDS] = {1, 2, 2, 1, 2, 2};
+                                        OP_GATED_CONV_INT8};
+static const size_t kInputs[OP_KINDS] = {5, 5, 2, 6}, kOutputs[OP_KINDS] = {1, 2, 2, 1};
 
 /* Whether an op of `kind` takes `n_in` inputs and `n_out` outputs: SanpSEGatedConv2D
  * takes a sixth, optional input, the residual added before the activation; the SE ops'
@@ -94,16 +83,14 @@ static LiteRtStatus op_output_layouts(void* user_data, size_t num_inputs,
   const OpKind kind = *(const OpKind*)user_data;
   if (!takes(kind, num_inputs, num_outputs)) return kLiteRtStatusErrorInvalidArgument;
   int32_t dims[4];
-  if (kind == OP_SE_GATE || kind == OP_SE_GATE_INT8) {  /* C_out: the gate's width less C_in + 1 */
+  if (kind == OP_SE_GATE) {  /* C_out: the gate's width less C_in + 1 */
     if (inputs[0].rank != 4 || inputs[1].rank != 2) return kLiteRtStatusErrorInvalidArgument;
     dims[3] = inputs[1].dimensions[1] - inputs[0].dimensions[3] - 1;
     if (dims[3] < 1) return kLiteRtStatusErrorInvalidArgument;
-    /* the float op's scale (1, 1, C_out), the int8 one's (1, C_out) */
-    const int rank = kind == OP_SE_GATE ? 3 : 2;
-    outputs[0].rank = rank;
+    outputs[0].rank = 3;
     outputs[0].has_strides = 0;
-    for (int i = 0; i < rank - 1; ++i) outputs[0].dimensions[i] = 1;
-    outputs[0].dimensions[rank - 1] = dims[3];
+    outputs[0].dimensions[0] = outputs[0].dimensions[1] = 1;
+    outputs[0].dimensions[2] = dims[3];
   } else {
     SanpTensor x, filter, params;  /* the geometry reads shapes only: any dtype */
     layout_tensor(&inputs[0], SANP_FLOAT32, &x);
@@ -174,14 +161,6 @@ static LiteRtStatus op_run(void* user_data, size_t num_inputs,
       case OP_GATED_CONV_INT8:
         last_status = sanp_gated_conv2d_int8(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6]);
         break;
-      case OP_SE_GATE_INT8:
-        last_status = sanp_se_gate_int8(&t[0], &t[1], &t[2], &t[3],
-                                        num_outputs == 2 ? &t[4] : NULL);
-        break;
-      case OP_SE_GATED_CONV_INT8:
-        last_status = sanp_se_gated_conv2d_int8(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5],
-                                                &t[6], num_outputs == 2 ? &t[7] : NULL);
-        break;
     }
     kernel_ms += now_ms() - start;
     kernel_calls += 1;
@@ -205,8 +184,7 @@ static const LiteRtCustomOpKernel kCallbacks = {op_init, op_output_layouts, op_r
 
 LiteRtStatus sanp_register_kernels(LiteRtOptions options) {
   const char* names[OP_KINDS] = {SANP_OP_NAME, SANP_SE_OP_NAME, SANP_GATE_OP_NAME,
-                                 SANP_INT8_OP_NAME, SANP_SE_INT8_OP_NAME,
-                                 SANP_GATE_INT8_OP_NAME};
+                                 SANP_INT8_OP_NAME};
   for (int i = 0; i < OP_KINDS; ++i) {
     LiteRtStatus s = LiteRtAddCustomOpKernelOption(options, names[i], 1, &kCallbacks,
                                                    (void*)&kKinds[i]);

@@ -268,8 +268,7 @@ def _drop_unread_decisions(model, subgraph):
     of a call, a fraction of a microsecond each."""
     read = {int(t) for t in subgraph.outputs}
     read.update(int(t) for op in subgraph.operators for t in op.inputs if t >= 0)
-    se_codes = _opcodes(model, SE_CUSTOM_CODE, GATE_CUSTOM_CODE, SE_INT8_CUSTOM_CODE,
-                        GATE_INT8_CUSTOM_CODE)
+    se_codes = _opcodes(model, SE_CUSTOM_CODE, GATE_CUSTOM_CODE)
     for op in subgraph.operators:
         if op.opcodeIndex in se_codes and len(op.outputs) == 2 and int(op.outputs[1]) not in read:
             op.outputs = np.asarray(op.outputs[:1], np.int32)
@@ -440,53 +439,7 @@ def _pack_with_aligned_buffers(model, buffer_indices, alignment=ALIGNMENT):
 
 
 INT8_CUSTOM_CODE = "SanpGatedConv2DInt8"
-SE_INT8_CUSTOM_CODE = "SanpSEGatedConv2DInt8"
-GATE_INT8_CUSTOM_CODE = "SanpSEGateInt8"
 QUANT_COUNT = 8  # [x, y, s, out] (scale, zero point) pairs, then the filter's scales
-
-
-def int8_se_gates_of(folded_convs):
-    """The `se_gates` of `int8_gated_convs_to_custom_ops` for FoldedConvs: (kernel in
-    TFLite's (C_out, kh, kw, C_in) layout, FoldedGate) for every layer `se_gates_of`
-    takes. The int8 graph holds each kernel quantized: a CONV_2D is matched to the one
-    kernel its int8 filter rounds (`_int8_se_gate`)."""
-    folded_convs = list(folded_convs)
-    taken = se_gates_of(folded_convs)
-    return [(np.transpose(folded.kernel, (3, 0, 1, 2)).astype(np.float32), folded.gate)
-            for folded in folded_convs if filter_key(folded.kernel) in taken]
-
-
-def _int8_se_gate(model, filter_t, candidates):
-    """The gate of the one candidate kernel that the int8 filter `filter_t` is the
-    rounding of (every weight within half a step of its channel's scale); None where
-    none or several are."""
-    q = filter_t.quantization
-    data = _constant_bytes(model, filter_t)
-    if data is None or q is None or q.scale is None or filter_t.type != schema.TensorType.INT8:
-        return None
-    shape = tuple(int(v) for v in filter_t.shape)
-    weights = np.frombuffer(data, np.int8).reshape(shape).astype(np.float32)
-    steps = np.broadcast_to(np.asarray(q.scale, np.float32).reshape(-1, 1, 1, 1),
-                            (shape[0], 1, 1, 1))
-    found = [gate for kernel, gate in candidates if kernel.shape == shape
-             and np.all(np.abs(weights * steps - kernel) <= 0.501 * steps + 1e-12)]
-    return found[0] if len(found) == 1 else None
-
-
-def _int8_mean(model, ops, producer, scale, x):
-    """The int8 MEAN over the pixels of `x` that the gate making the float `scale`
-    starts from (searched among the ops scale depends on), or None."""
-    todo, seen = [scale], set()
-    while todo:
-        index = producer.get(todo.pop())
-        if index is None or index in seen:
-            continue
-        seen.add(index)
-        op = ops[index]
-        if _builtin(model, op) == schema.BuiltinOperator.MEAN and int(op.inputs[0]) == x:
-            return int(op.outputs[0])
-        todo.extend(int(t) for t in op.inputs if t >= 0)
-    return None
 
 
 def _per_tensor(tensor, what):
@@ -517,24 +470,7 @@ def _int8_quant(subgraph, x, y, s, out, filt):
                            np.broadcast_to(scales, (c_out,))]).astype(np.float32)
 
 
-def _int8_se_parts(model, subgraph, ops, producer, conv, scale, se_gates):
-    """(gate table, decisions tensor, the MEAN's (scale, zero point)) of the SANP gate
-    making the float `scale` of the int8 CONV_2D `conv`, or None where the gate is not
-    in `se_gates` or the graph is not of that form."""
-    x_t, filter_t = subgraph.tensors[conv.inputs[0]], subgraph.tensors[conv.inputs[1]]
-    gate = _int8_se_gate(model, filter_t, se_gates) if se_gates else None
-    decisions = _gate_decisions(model, ops, producer, scale) if gate else None
-    mean = (_int8_mean(model, ops, producer, scale, int(conv.inputs[0]))
-            if decisions is not None else None)
-    if mean is None:
-        return None
-    table = se_gate_tensor(gate)
-    if table.shape[1] != int(x_t.shape[3]) + 1 + int(filter_t.shape[0]):
-        return None
-    return table, decisions, _per_tensor(subgraph.tensors[mean], "gate's channel mean")
-
-
-def int8_gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
+def int8_gated_convs_to_custom_ops(flatbuffer, expected=None):
     """Returns an int8 TFLite model (`quantize.int8_flatbuffer` of the `kernels` graph)
     with every CONV_2D -> MUL(QUANTIZE(scale)) fused into a SanpGatedConv2DInt8 op.
 
@@ -542,26 +478,15 @@ def int8_gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
     the shape ops that make it (1, 1, 1, C_out): the kernel quantizes it as that op
     does), filter (int8, per-channel), bias (int32), params (as SanpGatedConv2D's) and
     quant (float32, QUANT_COUNT + C_out: the quantization of x, of the convolution's
-    output, of the scale and of the output, then the filter's scales). `expected`: as in
+    output, of the scale and of the output, then the filter's scales). The gates stay builtin float ops. `expected`: as in
     `gated_convs_to_custom_ops`.
-
-    A layer whose SE gate is in `se_gates` (`int8_se_gates_of`) and whose gate starts
-    from an int8 MEAN of x becomes a SanpSEGatedConv2DInt8 instead: its second input the
-    gate's weights (`se_gate_tensor`), its quant the MEAN's output quantization then the
-    above; the kernel computes the gate as the int8 graph did (MEAN in int8, then float)
-    and the gate's builtin ops, about twelve a layer, go. A layer kept a builtin
-    convolution (its scale quantized to (1, 1, C_out)) keeps it, and its SANP gate
-    becomes one SanpSEGateInt8 op (x, gate, [m_scale, m_zero, x_scale, x_zero]) ->
-    (float scale (1, C_out), decisions), which the graph's QUANTIZE reads as before.
-    Other gates stay builtin ops.
     """
-    se_gates = se_gates or []
     model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
     subgraph = model.subgraphs[0]
     ops = subgraph.operators
     producer, consumers = _graph_index(ops)
     graph_outputs = {int(t) for t in subgraph.outputs}
-    replaced, removed, rewired, inserted = {}, set(), {}, {}
+    replaced, removed = {}, set()
     for m, mul in enumerate(ops):
         if _builtin(model, mul) != schema.BuiltinOperator.MUL or len(mul.inputs) != 2:
             continue
@@ -578,19 +503,6 @@ def int8_gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
             scale = int(ops[qz].inputs[0])
             scale_t = subgraph.tensors[scale]
             c_out = int(filter_t.shape[0])
-            if (list(subgraph.tensors[int(scale_q)].shape) == [1, 1, c_out]  # builtin form
-                    and list(scale_t.shape) == [1, c_out] and x_t.type == schema.TensorType.INT8):
-                parts = _int8_se_parts(model, subgraph, ops, producer, conv, scale, se_gates)
-                if parts is not None:
-                    table, decisions, mean = parts
-                    quant = np.asarray([*mean, *_per_tensor(x_t, "input")], np.float32)
-                    rewired[scale] = _add_tensor(subgraph, [1, c_out], f"sanp_scale_{m}")
-                    rewired[decisions] = _add_tensor(subgraph, [1, c_out], f"sanp_decisions_{m}")
-                    inserted[c] = _custom_op(model, GATE_INT8_CUSTOM_CODE, [
-                        conv.inputs[0], _add_constant(model, subgraph, table, f"sanp_gate_{m}"),
-                        _add_constant(model, subgraph, quant, f"sanp_quant_{m}")],
-                        [rewired[scale], rewired[decisions]])
-                break
             if (consumers.get(int(conv_out)) != [m] or int(conv_out) in graph_outputs
                     or x_t.type != schema.TensorType.INT8
                     or scale_t.type != schema.TensorType.FLOAT32
@@ -604,24 +516,9 @@ def int8_gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
             quant = _int8_quant(subgraph, x_t, subgraph.tensors[int(conv_out)],
                                 subgraph.tensors[int(scale_q)], out_t, filter_t)
             bias, params = _conv_constants(model, subgraph, conv, mul, out_t, m, np.int32)
-            parts = _int8_se_parts(model, subgraph, ops, producer, conv, scale, se_gates)
-            if parts is not None:
-                table, decisions, mean = parts
-                quant = np.concatenate([np.asarray(mean, np.float32), quant])
-                rewired[decisions] = _add_tensor(subgraph, [1, c_out], f"sanp_decisions_{m}")
-                # at the convolution's place: what reads the decisions may come before
-                # the MUL (it needs x alone, made before the convolution)
-                replaced[c] = _custom_op(model, SE_INT8_CUSTOM_CODE, [
-                    conv.inputs[0], _add_constant(model, subgraph, table, f"sanp_gate_{m}"),
-                    conv.inputs[1], bias, params,
-                    _add_constant(model, subgraph, quant, f"sanp_quant_{m}")],
-                    [*mul.outputs, rewired[decisions]])
-                removed.add(m)
-                break
-            else:
-                replaced[m] = _custom_op(model, INT8_CUSTOM_CODE, [
-                    conv.inputs[0], scale, conv.inputs[1], bias, params,
-                    _add_constant(model, subgraph, quant, f"sanp_quant_{m}")], mul.outputs)
+            replaced[m] = _custom_op(model, INT8_CUSTOM_CODE, [
+                conv.inputs[0], scale, conv.inputs[1], bias, params,
+                _add_constant(model, subgraph, quant, f"sanp_quant_{m}")], mul.outputs)
             removed.add(c)
             break
     if expected is not None and len(replaced) != expected:
@@ -629,20 +526,9 @@ def int8_gated_convs_to_custom_ops(flatbuffer, expected=None, se_gates=None):
             f"Found {len(replaced)} CONV_2D -> MUL(QUANTIZE(scale)) triples in the int8 "
             f"model, expected {expected} gated convolutions: the converter changed the "
             "pattern.")
-    new_ops = []
-    for i, op in enumerate(ops):
-        if i in inserted:  # a gate op, just before its convolution
-            new_ops.append(inserted[i])
-        if i not in removed:
-            new_ops.append(replaced.get(i, op))
-    subgraph.operators = new_ops
-    _rewire(model, subgraph, rewired)
-    _drop_unused_ops(subgraph)  # the QUANTIZE of each scale, the gates in the kernels
-    _drop_unread_decisions(model, subgraph)
+    subgraph.operators = [replaced.get(i, op) for i, op in enumerate(ops) if i not in removed]
+    _drop_unused_ops(subgraph)  # the QUANTIZE of each scale
     _check_order(model, subgraph)
-    se_codes = _opcodes(model, SE_INT8_CUSTOM_CODE)  # their second input is the gate's table
     constants = sorted({int(subgraph.tensors[t].buffer) for op in replaced.values()
-                        for t in op.inputs[1 if op.opcodeIndex in se_codes else 2:6]}
-                       | {int(subgraph.tensors[t].buffer) for op in inserted.values()
-                          for t in op.inputs[1:3]})
+                        for t in op.inputs[2:6]})
     return _pack_with_aligned_buffers(model, constants)

@@ -55,18 +55,16 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
             export one model several times measuring once.
         verbose: log the progress of a measured layer choice.
         gates_in_kernels: `kernels` only: each SANP layer's gate is computed by the
-            custom ops (SanpSEGatedConv2D, SanpSEGate; int8: SanpSEGatedConv2DInt8)
-            rather than by ~12 builtin ops; False keeps the builtin gates (to measure
-            what moving them saves).
+            custom ops (SanpSEGatedConv2D, SanpSEGate) rather than by ~12 builtin ops;
+            False keeps the builtin gates (to measure what moving them saves).
         quantize: None (float32) or `"int8"`: post-training full-integer quantization
             (int8 activations, per-channel int8 weights, int32 biases; float32 input
             and outputs), its ranges calibrated on `calibration_data` (required). Each gate stays float32 inside the int8
             graph, so that its decisions follow the float model's as closely as the
             int8 feature maps allow (`sanp_keras.export.quantize`). `kernels` runs
-            each gated convolution as a custom op doing the int8 masked arithmetic,
-            byte for byte, over the open channels: `SanpSEGatedConv2DInt8` with a SANP
-            gate computed in the kernel (with `gates_in_kernels`), else
-            `SanpGatedConv2DInt8` fed by the gate's builtin float ops. A model without gates (a plain Keras model) exported
+            each gated convolution as a `SanpGatedConv2DInt8` custom op (the int8
+            masked arithmetic, byte for byte, over the open channels; the gates stay
+            builtin float ops). A model without gates (a plain Keras model) exported
             as `masked` is the int8 dense model to compare with.
         speed_check: `portable` and `kernels` with calibration data (and without
             `decisions`): time the file written against the dense model
@@ -118,10 +116,7 @@ def export_tflite(model, path, kind="portable", calibration_data=None, decisions
                    if layer.mode in choice.DYNAMIC_MODES]
         gated = [layer for layer in dynamic if not (plan or {}).get(layer.name)]
     if kind == "kernels" and quantize == "int8":
-        se_gates = (patching.int8_se_gates_of([folding.fold_conv(layer) for layer in dynamic])
-                    if gates_in_kernels else [])
-        flatbuffer = patching.int8_gated_convs_to_custom_ops(flatbuffer, expected=len(gated),
-                                                             se_gates=se_gates)
+        flatbuffer = patching.int8_gated_convs_to_custom_ops(flatbuffer, expected=len(gated))
     elif kind == "kernels":
         # SE gates go into the kernels, also those of layers kept builtin (SanpSEGate).
         se_gates = (patching.se_gates_of(folding.fold_conv(layer) for layer in dynamic)

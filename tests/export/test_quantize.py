@@ -125,37 +125,22 @@ def kernels_built():
     return export.build_kernels()
 
 
-@pytest.mark.parametrize("threads,gates_in_kernels,kept", [
-    (1, True, False), (2, True, False), (1, False, False), (1, True, True)])
-def test_int8_kernels_equal_the_int8_masked_model(threads, gates_in_kernels, kept, tmp_path,
-                                                  kernels_built):
-    """SanpSEGatedConv2DInt8 (the gate in the kernel, from the int8 map),
-    SanpGatedConv2DInt8 (the gate in builtin ops) and SanpSEGateInt8 (the gate of a layer
-    kept a builtin convolution, `kept`: every other gated layer) against the int8 masked
-    graph they replace: the same quantization (none thinned), the same bytes, the same
-    decisions."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_int8_kernels_equal_the_int8_masked_model(threads, tmp_path, kernels_built):
+    """SanpGatedConv2DInt8 against the int8 masked graph it replaces: the same
+    quantization (every gated layer is a custom op, none thinned), the same bytes."""
     model = _gated()
     x = _images(model, n=32)
-    gated = [g.name for g in flops.gated_layers(model) if g.mode == "sanp"]
-    plan = {name: "dense" for name in gated[::2]} if kept else "threshold"
     got = {}
     for kind in ("masked", "kernels"):
         path = export.export_tflite(model, str(tmp_path / f"{kind}.tflite"), kind,
                                     calibration_data=x, quantize="int8", batch_size=1,
-                                    decisions=True, gates_in_kernels=gates_in_kernels,
-                                    layer_choice=plan if kind == "kernels" else "threshold")
+                                    decisions=True)
         runner = (export.KernelRunner(path, library=kernels_built, num_threads=threads)
                   if kind == "kernels" else export.Interpreter(path))
         got[kind] = export.parity.run_all(runner, x, 1)
     ops = [op[0] for op in _ops(str(tmp_path / "kernels.tflite"))]
-    fused, plain = ops.count("SanpSEGatedConv2DInt8"), ops.count("SanpGatedConv2DInt8")
-    alone = ops.count("SanpSEGateInt8")
-    if kept:  # the layers kept builtin: their gates alone in a custom op
-        assert alone == len(gated[::2]) and fused == len(gated) - alone, ops
-    elif gates_in_kernels:  # every SANP gate in its kernel: no LOGISTIC left for it
-        assert fused >= 4 and ops.count("LOGISTIC") < fused, ops
-    else:
-        assert fused == 0 and alone == 0 and plain >= 4, ops
+    assert ops.count("SanpGatedConv2DInt8") >= 4  # export_tflite checks the exact count
     for name, want in got["masked"].items():
         np.testing.assert_array_equal(got["kernels"][name], want, err_msg=name)
 
