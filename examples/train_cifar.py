@@ -391,7 +391,9 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
         def unfrozen():
             training.set_backbone_trainable(warm, True)
             if mode in ("fixed_k", "fbs"):  # k fixed for good, from the warmed-up gates
-                ratio, cost = training.calibrate_keep_ratio(warm, budget, calibration)
+                # at most LANDING_MARGIN under the budget: a margin for other images
+                ratio, cost = training.calibrate_keep_ratio(warm, budget - LANDING_MARGIN,
+                                                            calibration)
                 more = sum(g.gate.k > max(1, round(ratio * g.filters))
                            for g in sk.flops.gated_layers(warm))
                 print(f"{mode} keeps {ratio:.3f} of every layer's channels after warm-up, "
