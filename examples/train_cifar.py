@@ -420,6 +420,20 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
                                    compile_stage(finetune_lr, finetune_epochs, teacher=True),
                                    train, finetune_epochs, test_packed, budget=callback,
                                    verbose=verbose)
+        if land_budget and mode in ("fixed_k", "fbs"):
+            # The channels the top k picks move while training, and with them what two
+            # gated paths share at a residual Add: one channel less in turn where the
+            # cost on the held-out images ended over the budget less the margin.
+            before, after = training.land_keep_ratio(model, budget - LANDING_MARGIN,
+                                                     calibration)
+            if after != before:
+                landing = {"flops_ratio_before": before, "flops_ratio_after": after,
+                           "images": len(calibration)}
+            print(f"Landing on the budget: {before:.3f} -> {after:.3f} of the dense MACs "
+                  f"on {len(calibration)} held-out training images (k lowered where "
+                  "needed)." if after != before else f"Cost {before:.3f} of the dense MACs "
+                  f"on {len(calibration)} held-out training images: on the budget, as "
+                  "trained.")
         if land_budget and mode in ("sanp", "static"):
             # The fine-tune can end while the controller still swings around the
             # budget: one global gate threshold moves the cost on the held-out images

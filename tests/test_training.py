@@ -172,6 +172,26 @@ def test_calibrated_keep_ratio_meets_the_budget_through_residual_adds(mode):
     assert all(k in (s, s + 1) for k, s in zip(ks, shared))  # at most one channel more
 
 
+def test_land_keep_ratio_lowers_k_to_the_budget_counting_every_top_k_channel():
+    from tests.test_convert import _mixed_model  # a residual Add, a concatenation
+
+    gated = sk.convert(_mixed_model(), mode="fbs", keep_ratio=0.8)
+    layers = flops.gated_layers(gated)
+    for layer in layers:  # a third of the scores under zero: FBS closes those too
+        layer.gate.excite_bias.assign(np.linspace(1.0, -0.5, layer.filters))
+    x = oracle.images(16, 1)
+    as_is = flops.measure(gated, x)["flops_ratio"]
+    ks = [g.gate.k for g in layers]
+    before, after = training.land_keep_ratio(gated, 0.6, x)
+    assert before > as_is + 0.05  # every top-k channel counted, the zero scores too
+    assert after <= 0.6 < before and flops.measure(gated, x)["flops_ratio"] <= after
+    lowered = [k - g.gate.k for k, g in zip(ks, layers)]
+    assert min(lowered) >= 0 and max(lowered) >= 1
+    assert training.land_keep_ratio(gated, 0.9, x) == (after, after)  # under: nothing moves
+    with pytest.raises(ValueError, match="no fixed_k or fbs gates"):
+        training.land_keep_ratio(sk.convert(_mixed_model(), mode="sanp"), 0.5, x)
+
+
 def _random_gates(model, seed, center):
     """Gates whose scores vary over samples and channels, around `center`."""
     rng = np.random.default_rng(seed)

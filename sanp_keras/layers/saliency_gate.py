@@ -213,8 +213,8 @@ class SaliencyGate(keras.layers.Layer):
         if self.mode in ("fixed_k", "fbs"):
             kth = ops.top_k(scores, self.k, sorted=True)[0][:, -1:]  # (B, 1)
             won = ops.greater_equal(scores, kth)  # the top k (k-winners-take-all)
-            if self.mode == "fixed_k":
-                return ops.cast(won, scores.dtype)
+            if self.mode == "fixed_k" or getattr(self, "_every_top_k", False):
+                return ops.cast(won, scores.dtype)  # (fbs: the most its k can open)
             won = ops.cast(ops.logical_and(won, ops.greater(scores, 0)), scores.dtype)
         else:
             won = hard_decisions(scores)
