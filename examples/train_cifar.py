@@ -394,8 +394,7 @@ def run(backbone="resnet20", dataset="embedded", data_dir=None, download=False,
                 # at most LANDING_MARGIN under the budget: a margin for other images
                 ratio, cost = training.calibrate_keep_ratio(warm, budget - LANDING_MARGIN,
                                                             calibration)
-                more = sum(g.gate.k > max(1, round(ratio * g.filters))
-                           for g in sk.flops.gated_layers(warm))
+                more = sum(g.gate.keep_ratio > ratio for g in sk.flops.gated_layers(warm))
                 print(f"{mode} keeps {ratio:.3f} of every layer's channels after warm-up, "
                       f"{more} layers one channel more (measured cost {cost:.3f} of "
                       "dense).")

@@ -216,16 +216,16 @@ def _top_k_cost(model, layers, images):
     its k channels: an FBS channel among the top k also needs a score over zero (its
     saliency is a ReLU), which a fresh or short-trained gate may miss for a few channels
     that the fine-tune then opens (FBS at 0.5 measured 0.500 after its warm-up, 0.502
-    after the fine-tune); counted as open anyway (`SaliencyGate._every_top_k`, set for
+    after the fine-tune); counted as open anyway (`SaliencyGate.every_top_k`, set for
     this measurement only), the cost is the most those k can cost."""
     fbs = [layer.gate for layer in layers if layer.mode == "fbs"]
     for gate in fbs:
-        gate._every_top_k = True
+        gate.every_top_k = True
     try:
         return flops.measure(model, images)["flops_ratio"]
     finally:
         for gate in fbs:
-            gate._every_top_k = False
+            gate.every_top_k = False
 
 
 def _top_k_layers(model):

@@ -132,6 +132,9 @@ class SaliencyGate(keras.layers.Layer):
                 f"Received: rescale={rescale!r}")
         self.rescale = rescale
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # FBS's decisions with every one of the top k open, zero scores too: the most
+        # its k can cost (training's cost measurements set it; not saved)
+        self.every_top_k = False
 
     @property
     def k(self):
@@ -213,7 +216,7 @@ class SaliencyGate(keras.layers.Layer):
         if self.mode in ("fixed_k", "fbs"):
             kth = ops.top_k(scores, self.k, sorted=True)[0][:, -1:]  # (B, 1)
             won = ops.greater_equal(scores, kth)  # the top k (k-winners-take-all)
-            if self.mode == "fixed_k" or getattr(self, "_every_top_k", False):
+            if self.mode == "fixed_k" or self.every_top_k:
                 return ops.cast(won, scores.dtype)  # (fbs: the most its k can open)
             won = ops.cast(ops.logical_and(won, ops.greater(scores, 0)), scores.dtype)
         else:
